@@ -157,19 +157,13 @@ class FeatureSchema:
     @property
     def feature_names(self) -> list[str]:
         """Every feature name, in the order dense, sparse, sequence (the model input order)."""
-        return (
-            [f.name for f in self.dense]
-            + [f.name for f in self.sparse]
-            + [f.name for f in self.sequence]
-        )
+        return [f.name for f in self.dense] + [f.name for f in self.sparse] + [f.name for f in self.sequence]
 
     def sparse_feature(self, name: str) -> SparseFeature:
         for f in self.sparse:
             if f.name == name:
                 return f
-        raise AutocompressError(
-            f"unknown sparse feature {name!r}; known: {[f.name for f in self.sparse]}"
-        )
+        raise AutocompressError(f"unknown sparse feature {name!r}; known: {[f.name for f in self.sparse]}")
 
     def vocab_size_of(self, name: str) -> int:
         """Vocabulary of a sparse feature, or of the table a sequence feature shares."""
@@ -180,9 +174,12 @@ class FeatureSchema:
 
     def features_on(self, side: Side) -> list[str]:
         """Names of the features on one side (user, item, context), in model input order."""
-        return [
-            f.name for f in (*self.dense, *self.sparse, *self.sequence) if f.side == side
-        ]
+        every: tuple[DenseFeature | SparseFeature | SequenceFeature, ...] = (
+            *self.dense,
+            *self.sparse,
+            *self.sequence,
+        )
+        return [f.name for f in every if f.side == side]
 
     def input_shape(self, name: str) -> tuple[int, ...]:
         """Per-example shape of one input: () for dense and single-hot, (max_len,) otherwise."""
@@ -242,14 +239,10 @@ class FeatureSchema:
             is_dense = any(d.name == name for d in self.dense)
             if is_dense:
                 if not np.issubdtype(arr.dtype, np.floating):
-                    raise AutocompressError(
-                        f"{where}: dense feature {name!r} must be float, got {arr.dtype}"
-                    )
+                    raise AutocompressError(f"{where}: dense feature {name!r} must be float, got {arr.dtype}")
             else:
                 if not np.issubdtype(arr.dtype, np.integer):
-                    raise AutocompressError(
-                        f"{where}: id feature {name!r} must be integer, got {arr.dtype}"
-                    )
+                    raise AutocompressError(f"{where}: id feature {name!r} must be integer, got {arr.dtype}")
                 vocab = self.vocab_size_of(name)
                 if arr.size and (arr.min() < 0 or arr.max() >= vocab):
                     raise AutocompressError(
@@ -272,9 +265,7 @@ class FeatureSchema:
         try:
             dense = tuple(_build(DenseFeature, "dense", d) for d in data.get("dense", ()))
             sparse = tuple(_build(SparseFeature, "sparse", d) for d in data.get("sparse", ()))
-            sequence = tuple(
-                _build(SequenceFeature, "sequence", d) for d in data.get("sequence", ())
-            )
+            sequence = tuple(_build(SequenceFeature, "sequence", d) for d in data.get("sequence", ()))
         except TypeError as exc:
             raise AutocompressError(f"schema: {exc}") from None
         return cls(
@@ -300,6 +291,9 @@ def _refuse_unknown(where: str, data: Mapping[str, Any], allowed: set[str]) -> N
 
 
 def _build(cls: Any, where: str, data: Mapping[str, Any]) -> Any:
-    _refuse_unknown(f"schema.{where}[{data.get('name', '?') if isinstance(data, Mapping) else '?'}]",
-                    data, set(cls.__dataclass_fields__))
+    _refuse_unknown(
+        f"schema.{where}[{data.get('name', '?') if isinstance(data, Mapping) else '?'}]",
+        data,
+        set(cls.__dataclass_fields__),
+    )
     return cls(**data)

@@ -15,7 +15,8 @@ SplitMethod = Literal["time", "session"]
 def _check_fractions(fractions: tuple[float, float, float]) -> None:
     if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
         raise AutocompressError(
-            f"split fractions must be three positive numbers summing to 1 (train, valid, test), got {fractions}"
+            "split fractions must be three positive numbers summing to 1 "
+            f"(train, valid, test), got {fractions}"
         )
 
 
@@ -39,7 +40,9 @@ def split(
         order = np.random.default_rng(seed).permutation(len(unique))
     elif method == "time":
         if table.timestamps is None:
-            raise AutocompressError("split method 'time' needs timestamps; this data has none (use 'session')")
+            raise AutocompressError(
+                "split method 'time' needs timestamps; this data has none (use 'session')"
+            )
         first = np.full(len(unique), np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(first, inverse, table.timestamps.astype(np.int64))
         order = np.argsort(first, kind="stable")

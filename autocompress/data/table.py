@@ -66,7 +66,9 @@ class Table:
         """Raise a clear error when the columns do not match ``schema``."""
         schema.validate_batch(self.features, where=where)
         if self.groups is None and schema.group_id is not None:
-            raise AutocompressError(f"{where}: schema names group_id {schema.group_id!r} but no groups were loaded")
+            raise AutocompressError(
+                f"{where}: schema names group_id {schema.group_id!r} but no groups were loaded"
+            )
 
 
 @dataclass
@@ -90,7 +92,9 @@ class Dataset:
             table: Table = getattr(self, split)
             table.check(self.schema, where=f"{self.name}.{split}")
             if len(table) == 0:
-                raise AutocompressError(f"{self.name}.{split} is empty: use more rows or other split fractions")
+                raise AutocompressError(
+                    f"{self.name}.{split} is empty: use more rows or other split fractions"
+                )
 
     @property
     def oracle_auc(self) -> float | None:

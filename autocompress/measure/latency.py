@@ -1,0 +1,121 @@
+"""Latency measured on the target: p50/p95/p99 per batch size of timed ONNX Runtime runs."""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from autocompress.data.schema import FeatureSchema
+from autocompress.errors import AutocompressError
+from autocompress.export.session import feed
+from autocompress.spec import Target
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+PERCENTILES = (50, 95, 99)
+
+
+@dataclass(frozen=True)
+class LatencyRow:
+    """Timings of one batch size: percentiles, mean and spread (``cv`` = std/mean, the noise), throughput."""
+
+    batch_size: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    cv: float
+    repetitions: int
+    rows_per_second: float
+
+
+@dataclass(frozen=True)
+class LatencyReport:
+    """One ``LatencyRow`` per batch size of the target, and the target they were measured on."""
+
+    rows: tuple[LatencyRow, ...]
+    target: Target
+
+    def at(self, batch_size: int, percentile: int | None = None) -> float:
+        """Milliseconds at ``percentile`` (default: the target's) for ``batch_size``: what a budget checks."""
+        p = self.target.percentile if percentile is None else percentile
+        if p not in PERCENTILES:
+            raise AutocompressError(f"percentile {p!r} is not measured; allowed: {list(PERCENTILES)}")
+        for row in self.rows:
+            if row.batch_size == batch_size:
+                value: float = getattr(row, f"p{p}_ms")
+                return value
+        raise AutocompressError(
+            f"batch_size {batch_size} was not measured; measured: {[r.batch_size for r in self.rows]}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (rows and target) for the store and the report."""
+        return {"rows": [asdict(r) for r in self.rows], "target": self.target.to_dict()}
+
+
+def measure_latency(
+    session: onnxruntime.InferenceSession, schema: FeatureSchema, target: Target, *, seed: int = 0
+) -> LatencyReport:
+    """Time ``session.run`` for every batch size of the target on a fixed example batch.
+
+    Per batch size: up to ``target.warmup`` untimed runs (at most half of ``max_seconds``), then up
+    to ``target.repetitions`` runs each timed with ``perf_counter_ns``, stopping once
+    ``max_seconds`` have passed (at least one timed run). The garbage collector is paused meanwhile.
+    """
+    rows = []
+    for batch_size in target.batch_sizes:
+        inputs = feed(session, schema.example_batch(batch_size, seed=seed))
+        timings_ns = _timed_runs(session, inputs, target)
+        rows.append(_summarise(batch_size, np.asarray(timings_ns, dtype=np.float64) / 1e6))
+    return LatencyReport(rows=tuple(rows), target=target)
+
+
+def _timed_runs(
+    session: onnxruntime.InferenceSession, inputs: dict[str, np.ndarray], target: Target
+) -> list[int]:
+    budget_ns = int(target.max_seconds * 1e9)
+    start = time.perf_counter_ns()
+    warmup_end, deadline = start + budget_ns // 2, start + budget_ns
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(target.warmup):
+            if time.perf_counter_ns() >= warmup_end:
+                break
+            session.run(None, inputs)
+        timings: list[int] = []
+        while len(timings) < target.repetitions:
+            t0 = time.perf_counter_ns()
+            session.run(None, inputs)
+            t1 = time.perf_counter_ns()
+            timings.append(t1 - t0)
+            if t1 >= deadline:
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return timings
+
+
+def _summarise(batch_size: int, ms: np.ndarray) -> LatencyRow:
+    p50, p95, p99 = (float(v) for v in np.percentile(ms, PERCENTILES))
+    mean = float(ms.mean())
+    std = float(ms.std(ddof=1)) if len(ms) > 1 else 0.0
+    return LatencyRow(
+        batch_size=batch_size,
+        p50_ms=p50,
+        p95_ms=p95,
+        p99_ms=p99,
+        mean_ms=mean,
+        std_ms=std,
+        cv=std / mean if mean > 0 else 0.0,
+        repetitions=len(ms),
+        rows_per_second=batch_size * 1000.0 / mean if mean > 0 else float("inf"),
+    )

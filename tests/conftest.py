@@ -1,0 +1,14 @@
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset():
+    """The synthetic e-commerce log at test size, generated once per session."""
+    from autocompress.data.synthetic import SyntheticConfig, load_synthetic
+
+    return load_synthetic(SyntheticConfig.tiny())

@@ -1,0 +1,62 @@
+import json
+
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from autocompress.cli import app
+
+runner = CliRunner()
+
+
+def test_run_prints_the_table_and_writes_the_report(tmp_path):
+    out = tmp_path / "ref"
+    result = runner.invoke(
+        app, ["run", "--scale", "tiny", "--epochs", "1", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    for label in (
+        "test AUC",
+        "oracle AUC",
+        "test logloss",
+        "size (MB)",
+        "parameters",
+        "batch 1 p50",
+        "batch 256",
+    ):
+        assert label in result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["family"] == "dlrm"
+    assert report["arch"]["embedding_dim"] == 64 and report["arch"]["top_mlp"] == [512, 512, 256]
+    assert 0.7 < report["test"]["auc"] < report["oracle_auc"]
+
+    evaluated = runner.invoke(app, ["evaluate", str(out), "--scale", "tiny"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert f"{report['test']['auc']:.4f}" in evaluated.output  # same data, same model, same AUC
+
+
+def test_data_generate_streams_parquet(tmp_path):
+    result = runner.invoke(
+        app, ["data", "generate", "--out", str(tmp_path), "--scale", "tiny", "--rows", "3000"]
+    )
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(tmp_path / "data.parquet")
+    assert table.num_rows == 3000
+    assert {"click", "session_id", "oracle_logit", "hist_item_ids"} <= set(table.column_names)
+    assert "wrote 3,000 rows" in result.output
+
+
+def test_user_errors_are_one_line_naming_the_field(tmp_path):
+    cases = [
+        (["train", "--family", "nope"], "unknown model family 'nope'; known: ['dlrm'"),
+        (["run", "--scale", "tiny", "--rows", "0"], "synthetic.n_rows must be a positive integer"),
+        (["train", "--dataset", "criteo", "--path", str(tmp_path / "missing.tsv")], "does not exist"),
+        (["train", "--dataset", "criteo"], "dataset.path is required"),
+        (["train", "--arch", "{not json"], "--arch is not valid JSON"),
+        (["evaluate", str(tmp_path)], "model.onnx does not exist"),
+        (["train", "--scale", "tiny", "--arch", '{"embedding_dim": 0}'], "embedding_dim"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in " ".join(result.output.split()), (args, result.output)
+        assert "Traceback" not in result.output

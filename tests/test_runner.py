@@ -1,0 +1,49 @@
+"""Every family trains on the default (synthetic) data, exports, and is measured end to end."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from autocompress.export import create_session
+from autocompress.measure.evaluation import onnx_logits
+from autocompress.models import FAMILIES, build
+from autocompress.runner import train_and_measure
+from autocompress.spec import Target
+from autocompress.train import TrainConfig, predict
+
+SMALL_ARCHS = {
+    "dlrm": {"embedding_dim": 16, "bottom_mlp": [32, 16], "top_mlp": [64, 32]},
+    "deepfm": {"embedding_dim": 8, "deep_mlp": [64, 32]},
+    "dcn_v2": {"embedding_dim": 8, "cross_layers": 2, "deep_mlp": [64, 32]},
+    "two_tower": {"embedding_dim": 16, "tower_mlp": [64], "output_dim": 32},
+    "din": {"embedding_dim": 8, "attention_mlp": [32], "mlp": [64, 32]},
+}
+TARGET = Target(batch_sizes=[1, 64], warmup=3, repetitions=20, max_seconds=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_beats_popularity_and_onnx_matches_torch(family, tiny_dataset, tmp_path):
+    config = TrainConfig(epochs=3, batch_size=512, lr=3e-3, seed=0)
+    report = train_and_measure(tiny_dataset, family, SMALL_ARCHS[family], config, TARGET, tmp_path)
+
+    assert report.test["auc"] > report.popularity_auc + 0.02, report.test
+    assert report.test["auc"] < report.oracle_auc  # the oracle is a real ceiling
+    assert report.export_max_abs_diff <= 1e-4
+
+    # what was served (ONNX Runtime) equals what was trained (torch), on the whole test split
+    model = build(family, tiny_dataset.schema, report.arch)
+    model.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    torch_logits = predict(model, tiny_dataset.test)
+    ort_logits = onnx_logits(create_session(tmp_path / "model.onnx", TARGET), tiny_dataset.test)
+    assert np.abs(torch_logits - ort_logits).max() <= 1e-4
+
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["test"]["auc"] == pytest.approx(report.test["auc"])
+    rows = {r["batch_size"]: r for r in saved["latency"]["rows"]}
+    assert set(rows) == {1, 64}
+    assert 0 < rows[1]["p50_ms"] <= rows[1]["p99_ms"]
+    assert report.size_bytes > 4 * report.parameters * 0.9  # fp32 weights are really in the file
+    assert report.macs_per_example > 0
