@@ -10,9 +10,7 @@ runner = CliRunner()
 
 def test_run_prints_the_table_and_writes_the_report(tmp_path):
     out = tmp_path / "ref"
-    result = runner.invoke(
-        app, ["run", "--scale", "tiny", "--epochs", "1", "--out", str(out)]
-    )
+    result = runner.invoke(app, ["run", "--scale", "tiny", "--epochs", "1", "--out", str(out)])
     assert result.exit_code == 0, result.output
     for label in (
         "test AUC",

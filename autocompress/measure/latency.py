@@ -1,9 +1,11 @@
-"""Latency measured on the target: p50/p95/p99 per batch size of timed ONNX Runtime runs."""
+"""Latency measured on the target: p50/p95/p99 per batch size of timed ONNX Runtime (or torch) runs."""
 
 from __future__ import annotations
 
+import functools
 import gc
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +18,7 @@ from autocompress.spec import Target
 
 if TYPE_CHECKING:
     import onnxruntime
+    import torch
 
 PERCENTILES = (50, 95, 99)
 
@@ -72,14 +75,38 @@ def measure_latency(
     rows = []
     for batch_size in target.batch_sizes:
         inputs = feed(session, schema.example_batch(batch_size, seed=seed))
-        timings_ns = _timed_runs(session, inputs, target)
+        timings_ns = _timed_runs(functools.partial(session.run, None, inputs), target)
         rows.append(_summarise(batch_size, np.asarray(timings_ns, dtype=np.float64) / 1e6))
     return LatencyReport(rows=tuple(rows), target=target)
 
 
-def _timed_runs(
-    session: onnxruntime.InferenceSession, inputs: dict[str, np.ndarray], target: Target
-) -> list[int]:
+def measure_torch_latency(
+    model: torch.nn.Module, schema: FeatureSchema, target: Target, *, seed: int = 0
+) -> LatencyReport:
+    """Time eager PyTorch inference the same way as ``measure_latency``: the baseline ONNX must beat.
+
+    Runs on the CPU in eval mode without gradients, with torch's intra-op threads set to the
+    target's for the duration of the measurement.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(target.intra_op_threads)
+    model = model.eval()
+    rows = []
+    try:
+        with torch.inference_mode():
+            for batch_size in target.batch_sizes:
+                example = schema.example_batch(batch_size, seed=seed)
+                inputs = {name: torch.from_numpy(example[name]) for name in schema.feature_names}
+                timings_ns = _timed_runs(functools.partial(model, inputs), target)
+                rows.append(_summarise(batch_size, np.asarray(timings_ns, dtype=np.float64) / 1e6))
+    finally:
+        torch.set_num_threads(threads)
+    return LatencyReport(rows=tuple(rows), target=target)
+
+
+def _timed_runs(run: Callable[[], object], target: Target) -> list[int]:
     budget_ns = int(target.max_seconds * 1e9)
     start = time.perf_counter_ns()
     warmup_end, deadline = start + budget_ns // 2, start + budget_ns
@@ -89,11 +116,11 @@ def _timed_runs(
         for _ in range(target.warmup):
             if time.perf_counter_ns() >= warmup_end:
                 break
-            session.run(None, inputs)
+            run()
         timings: list[int] = []
         while len(timings) < target.repetitions:
             t0 = time.perf_counter_ns()
-            session.run(None, inputs)
+            run()
             t1 = time.perf_counter_ns()
             timings.append(t1 - t0)
             if t1 >= deadline:

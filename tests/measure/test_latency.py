@@ -69,3 +69,20 @@ def test_report_refuses_unmeasured_points_and_serialises(ranker_path: Path) -> N
         "repetitions",
         "rows_per_second",
     }
+
+
+def test_torch_latency_is_measured_like_onnx_and_restores_threads():
+    import torch
+
+    from autocompress.measure import measure_torch_latency
+    from autocompress.spec import Target
+    from tests.export.tiny_ranker import TinyRanker, tiny_schema
+
+    schema = tiny_schema()
+    threads = torch.get_num_threads()
+    report = measure_torch_latency(TinyRanker(), schema, Target(batch_sizes=[1, 32], repetitions=15))
+    assert [r.batch_size for r in report.rows] == [1, 32]
+    for row in report.rows:
+        assert row.repetitions == 15
+        assert 0 < row.p50_ms <= row.p95_ms <= row.p99_ms
+    assert torch.get_num_threads() == threads

@@ -1,0 +1,25 @@
+"""Run every benchmark in this folder, one after the other (``make bench``)."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+BENCHMARKS = ["export_latency.py"]
+
+
+def main() -> int:
+    here = Path(__file__).parent
+    for name in BENCHMARKS:
+        print(f"== {name}")
+        try:
+            runpy.run_path(str(here / name), run_name="__main__")
+        except SystemExit as exit_:
+            if exit_.code:
+                return int(exit_.code)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
