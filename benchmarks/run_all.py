@@ -6,7 +6,7 @@ import runpy
 import sys
 from pathlib import Path
 
-BENCHMARKS = ["export_latency.py"]
+BENCHMARKS = ["export_latency.py", "techniques.py"]
 
 
 def main() -> int:

@@ -1,0 +1,69 @@
+"""A tiny trained model on tiny synthetic data: what technique tests compress."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autocompress.data.synthetic import SyntheticConfig, load_synthetic
+from autocompress.data.table import Dataset
+from autocompress.spec import Target
+from autocompress.techniques.context import TechniqueContext
+from autocompress.train.config import TrainConfig
+
+TINY_ARCHS: dict[str, dict[str, Any]] = {
+    "dlrm": {"embedding_dim": 16, "bottom_mlp": [32, 16], "top_mlp": [64, 32]},
+    "deepfm": {"embedding_dim": 8, "deep_mlp": [64, 32]},
+    "dcn_v2": {"embedding_dim": 8, "cross_layers": 2, "deep_mlp": [64, 32]},
+    "two_tower": {"embedding_dim": 16, "tower_mlp": [64], "output_dim": 32},
+    "din": {"embedding_dim": 8, "attention_mlp": [32], "mlp": [64, 32]},
+}
+
+
+@dataclass
+class TinySetup:
+    """Tiny data, a trained tiny model of one family, and a context to compress it in."""
+
+    dataset: Dataset
+    family: str
+    trained: Any  # torch.nn.Module, trained once; use ``model()`` for a fresh copy
+
+    def model(self) -> Any:
+        """A deep copy of the trained model, free to be compressed in place."""
+        return copy.deepcopy(self.trained)
+
+    def context(self, work_dir: Path, **overrides: Any) -> TechniqueContext:
+        base: dict[str, Any] = {
+            "schema": self.dataset.schema,
+            "work_dir": work_dir,
+            "train": self.dataset.train,
+            "valid": self.dataset.valid,
+            "train_config": TrainConfig(epochs=1, batch_size=512, lr=3e-3, early_stopping_patience=None),
+            "teacher": self.trained,
+            "target": Target(batch_sizes=[1, 64], warmup=2, repetitions=10, max_seconds=1),
+        }
+        base.update(overrides)
+        return TechniqueContext(**base)
+
+
+@functools.cache
+def tiny_dataset() -> Dataset:
+    return load_synthetic(SyntheticConfig.tiny(n_rows=12_000))
+
+
+@functools.cache
+def tiny_setup(family: str = "dlrm") -> TinySetup:
+    """Train a tiny ``family`` model for two epochs on tiny synthetic data (cached per process)."""
+    import torch
+
+    from autocompress.models import build
+    from autocompress.train import fit
+
+    dataset = tiny_dataset()
+    torch.manual_seed(0)  # the initial weights, so the trained model is the same in every process
+    model = build(family, dataset.schema, TINY_ARCHS[family])
+    fit(model, dataset.train, dataset.valid, TrainConfig(epochs=2, batch_size=512, lr=3e-3, seed=0))
+    return TinySetup(dataset=dataset, family=family, trained=model.cpu().eval())
