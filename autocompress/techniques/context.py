@@ -26,7 +26,11 @@ class TechniqueContext:
     """Everything ``apply`` may need: the schema, data for fine-tuning and calibration, a teacher.
 
     ``train`` / ``valid`` may be None (then fine-tuning is skipped and calibration uses random
-    valid batches); ``distill`` set means fine-tuning learns from ``teacher`` as well as labels.
+    valid batches). Fine-tuning runs at ``finetune_lr_scale`` times the training learning rate
+    and, when there is a teacher and ``distill`` is set (the default: soft targets only), learns
+    from the teacher's logits: ranking models with large id tables overfit as soon as they see
+    the training rows a second time (the reference's validation AUC drops in its second epoch),
+    while matching the teacher keeps the compressed model where the reference was.
     """
 
     schema: FeatureSchema
@@ -37,7 +41,8 @@ class TechniqueContext:
         default_factory=lambda: TrainConfig(epochs=1, early_stopping_patience=None)
     )
     teacher: nn.Module | None = None
-    distill: DistillConfig | None = None
+    distill: DistillConfig | None = field(default_factory=lambda: DistillConfig(temperature=1.0, alpha=0.0))
+    finetune_lr_scale: float = 0.1
     target: Target = field(default_factory=Target)
     _counter: itertools.count = field(default_factory=itertools.count, repr=False)
 
@@ -51,12 +56,12 @@ class TechniqueContext:
             ) from None
 
     def finetune(self, model: nn.Module, epochs: int) -> TrainResult | None:
-        """Train ``model`` for ``epochs`` more epochs (with the teacher when distilling); 0 skips."""
+        """Train ``model`` for ``epochs`` more epochs (from the teacher when distilling); 0 skips."""
         if epochs <= 0 or self.train is None or self.valid is None:
             return None
         from autocompress.train import fit
 
-        config = replace(self.train_config, epochs=epochs)
+        config = replace(self.train_config, epochs=epochs, lr=self.train_config.lr * self.finetune_lr_scale)
         teacher = self.teacher if self.distill is not None else None
         return fit(model, self.train, self.valid, config, teacher=teacher, distill=self.distill)
 

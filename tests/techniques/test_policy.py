@@ -39,3 +39,29 @@ def test_apply_policy_exports_then_rewrites_the_graph(tmp_path):
     )
     assert quantized.applied == ["dynamic_int8"]
     assert onnx_size_bytes(quantized.onnx_path) < 0.4 * onnx_size_bytes(plain.onnx_path)
+
+
+def test_finetuning_learns_from_the_teacher_at_a_tenth_of_the_rate_by_default(tmp_path):
+    import numpy as np
+
+    from autocompress.models import build
+    from autocompress.techniques import TechniqueContext
+    from autocompress.train import TrainConfig, predict
+
+    setup = tiny_setup("dlrm")
+    data = setup.dataset
+    student = build("dlrm", data.schema, {"embedding_dim": 4, "bottom_mlp": [4], "top_mlp": [8]})
+    ctx = TechniqueContext(
+        schema=data.schema,
+        work_dir=tmp_path,
+        train=data.train,
+        valid=data.valid,
+        train_config=TrainConfig(epochs=1, lr=0.1, batch_size=256, early_stopping_patience=None),
+        teacher=setup.trained,
+    )
+    teacher_logits = predict(setup.trained, data.test)
+    before = np.corrcoef(predict(student, data.test), teacher_logits)[0, 1]
+    result = ctx.finetune(student, epochs=3)
+    assert result is not None and [h.lr for h in result.history] == pytest.approx([0.01] * 3)
+    after = np.corrcoef(predict(student, data.test), teacher_logits)[0, 1]
+    assert after > max(before, 0.0) + 0.3  # it learned the teacher's scores
