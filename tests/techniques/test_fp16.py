@@ -61,7 +61,7 @@ def test_blocked_op_types_and_nodes_stay_float32(baseline, tmp_path):
     graph = onnx.load(str(out)).graph
     producers = {o: n for n in graph.node for o in n.output}
     blocked = [n for n in graph.node if n.op_type == "ReduceSum" or n.name == "/top/top.4/Gemm"]
-    assert len(blocked) == 5  # the masked mean pooling of two sequences: 4 ReduceSums
+    assert len(blocked) == 3  # the masked mean pooling of two sequences: 2 ReduceSums (the counts)
     for node in blocked:
         cast = producers[node.input[0]]  # fed float32 by a Cast back from the float16 graph
         assert cast.op_type == "Cast" and next(a.i for a in cast.attribute if a.name == "to") == FLOAT
