@@ -1,0 +1,158 @@
+"""Latency measured one model at a time per node, cached by the hash of the exported model.
+
+Two timings taken at once on one machine disturb each other, so every measurement holds an
+exclusive ``fcntl.flock`` on ``cache_dir/measure.lock`` (it holds across processes, Ray workers
+included, on one node). Results are cached as JSON keyed by the sha256 of the ONNX file and its
+external data, the target and the schema: a trial that exports an identical model is not timed
+again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from autocompress.data.schema import FeatureSchema
+from autocompress.errors import AutocompressError
+from autocompress.measure.latency import LatencyReport, LatencyRow, measure_latency
+from autocompress.spec import Target
+
+CACHE_VERSION = 1
+LOCK_FILE = "measure.lock"
+
+
+def onnx_sha256(onnx_path: str | Path) -> str:
+    """sha256 of an ONNX file followed by each external-data file it references (sorted by name)."""
+    import onnx
+
+    from autocompress.measure.size import _load_header, _tensors
+
+    path = Path(onnx_path)
+    model = _load_header(path)
+    locations: set[str] = set()
+    for tensor in _tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            locations.update(e.value for e in tensor.external_data if e.key == "location")
+    digest = hashlib.sha256()
+    _hash_file(digest, path)
+    for location in sorted(locations):
+        data = path.parent / location
+        if not data.is_file():
+            raise AutocompressError(f"{str(path)!r} references external data {location!r}, which is missing")
+        digest.update(f"\0{location}\0".encode())
+        _hash_file(digest, data)
+    return digest.hexdigest()
+
+
+def latency_cache_key(onnx_path: str | Path, schema: FeatureSchema, target: Target, *, seed: int = 0) -> str:
+    """The cache key of one measurement: the model's sha256, the target's and schema's JSON, the seed."""
+    parts = {
+        "version": CACHE_VERSION,
+        "model_sha256": onnx_sha256(onnx_path),
+        "target": target.to_dict(),
+        "schema": schema.to_dict(),
+        "seed": seed,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def cached_latency(cache_dir: str | Path, key: str) -> LatencyReport | None:
+    """The cached report stored under ``key`` in ``cache_dir``, or None (also for an unreadable entry)."""
+    entry = Path(cache_dir) / f"{key}.json"
+    try:
+        data = json.loads(entry.read_text())
+        return _report_from_dict(data["report"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def measure_exclusively(
+    onnx_path: str | Path,
+    schema: FeatureSchema,
+    target: Target,
+    *,
+    cache_dir: str | Path,
+    seed: int = 0,
+    key: str | None = None,
+) -> LatencyReport:
+    """Latency of ``onnx_path`` on ``target``: from the cache, else measured under the node-wide lock.
+
+    On a miss the session is created and timed (``measure_latency``) while holding an exclusive
+    lock on ``cache_dir/measure.lock``; the cache is checked again once the lock is held (another
+    process may have measured the same model meanwhile) and the entry is written atomically.
+    ``key`` may pass a ``latency_cache_key`` computed before, to hash a large model only once.
+    """
+    from autocompress.export import create_session
+
+    cache = _cache_folder(cache_dir)
+    key = key or latency_cache_key(onnx_path, schema, target, seed=seed)
+    report = cached_latency(cache, key)
+    if report is not None:
+        return report
+    with _exclusive(cache / LOCK_FILE):
+        report = cached_latency(cache, key)
+        if report is not None:
+            return report
+        session = create_session(onnx_path, target)
+        report = measure_latency(session, schema, target, seed=seed)
+        del session
+    _write_atomically(
+        cache / f"{key}.json", {"key": key, "onnx_path": str(onnx_path), "report": report.to_dict()}
+    )
+    return report
+
+
+def _cache_folder(cache_dir: str | Path) -> Path:
+    cache = Path(cache_dir)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AutocompressError(
+            f"latency cache folder {str(cache)!r} cannot be created: {exc.strerror}"
+        ) from None
+    return cache
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold ``flock(LOCK_EX)`` on ``lock_path``; the kernel releases it if the process dies."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _report_from_dict(data: dict[str, Any]) -> LatencyReport:
+    return LatencyReport(
+        rows=tuple(LatencyRow(**row) for row in data["rows"]),
+        target=Target.from_dict(data["target"]),
+    )
+
+
+def _hash_file(digest: Any, path: Path) -> None:
+    with path.open("rb") as src:
+        for chunk in iter(lambda: src.read(1 << 20), b""):
+            digest.update(chunk)
