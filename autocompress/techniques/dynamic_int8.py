@@ -48,7 +48,9 @@ def apply(path: Path, config: Config, ctx: TechniqueContext) -> Path:
     nodes = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node]
     config.check_names("exclude_nodes", config.exclude_nodes, nodes)
     out = ctx.new_path("dynamic_int8")
-    extra: dict[str, Any] = {"MatMulConstBOnly": True}
+    # DefaultTensorType: a MatMul fed by another rewrite's output (e.g. quantized tables gathered
+    # into DIN's attention) has no inferred type, which the quantizer otherwise cannot handle
+    extra: dict[str, Any] = {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT}
     quantize_dynamic(
         str(path),
         str(out),

@@ -65,3 +65,25 @@ def test_finetuning_learns_from_the_teacher_at_a_tenth_of_the_rate_by_default(tm
     assert result is not None and [h.lr for h in result.history] == pytest.approx([0.01] * 3)
     after = np.corrcoef(predict(student, data.test), teacher_logits)[0, 1]
     assert after > max(before, 0.0) + 0.3  # it learned the teacher's scores
+
+
+def test_int8_mlp_after_4_bit_tables_on_din(tmp_path):
+    """A MatMul fed by quantized tables (DIN's attention) still quantizes and runs."""
+    import numpy as np
+
+    from autocompress.export import create_session, feed
+
+    setup = tiny_setup("din")
+    ctx = setup.context(tmp_path)
+    policy = Policy.from_dict(
+        {
+            "steps": [
+                {"technique": "embedding_quantization", "bits": 4, "min_rows": 0},
+                {"technique": "dynamic_int8"},
+            ]
+        }
+    )
+    result = apply_policy(setup.model(), policy, ctx)
+    session = create_session(result.onnx_path, ctx.target)
+    out = session.run(None, feed(session, ctx.calibration_batch(9)))[0]
+    assert out.shape == (9,) and np.isfinite(out).all()
