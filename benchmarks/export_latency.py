@@ -75,7 +75,7 @@ def main() -> int:
             f"{r['speedup']:.2f}x",
             f"{r['torch_mb']:.1f} / {r['onnx_mb']:.1f}",
         )
-    Console().print(table)
+    Console(width=140).print(table)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
     print(f"wrote {RESULTS}")
