@@ -70,6 +70,12 @@ class TechniqueConfig:
         """An error naming this technique and one of its fields."""
         return AutocompressError(f"{self.name}.{field_name}: {message}")
 
+    def require_int(self, field_name: str, minimum: int) -> None:
+        """Refuse a field that is not an integer (bools excluded) of at least ``minimum``."""
+        value = getattr(self, field_name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(field_name, f"must be an integer >= {minimum}, got {value!r}")
+
     def check_names(self, field_name: str, names: Iterable[str], known: Iterable[str]) -> None:
         """Refuse names (tables, layers) the model does not have, listing the ones it has."""
         known_list = sorted(known)

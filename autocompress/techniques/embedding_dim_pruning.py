@@ -64,12 +64,7 @@ class Config(TechniqueConfig):
             raise self.fail("importance", f"{self.importance!r} is not one of {list(IMPORTANCES)}")
         if not all(isinstance(name, str) for name in self.tables):
             raise self.fail("tables", f"must be a list of sparse feature names, got {list(self.tables)!r}")
-        if (
-            isinstance(self.finetune_epochs, bool)
-            or not isinstance(self.finetune_epochs, int)
-            or self.finetune_epochs < 0
-        ):
-            raise self.fail("finetune_epochs", f"must be an integer >= 0, got {self.finetune_epochs!r}")
+        self.require_int("finetune_epochs", 0)
 
 
 def apply(model: nn.Module, config: Config, ctx: TechniqueContext) -> nn.Module:

@@ -93,8 +93,7 @@ class Config(TechniqueConfig):
                 raise self.fail(
                     "table_bits", f"{bits!r} not allowed for {table!r}; allowed: {list(TABLE_BITS)}"
                 )
-        if not _is_int(self.min_rows) or self.min_rows < 0:
-            raise self.fail("min_rows", f"must be an integer >= 0, got {self.min_rows!r}")
+        self.require_int("min_rows", 0)
         if not _is_int(self.block_size) or (
             self.block_size != 0 and (self.block_size < 16 or self.block_size & (self.block_size - 1))
         ):

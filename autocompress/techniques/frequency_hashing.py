@@ -54,14 +54,10 @@ class Config(TechniqueConfig):
     finetune_epochs: int = param(1, IntRange(0, 3), "epochs of training after hashing")
 
     def check(self) -> None:
-        if not _is_int(self.min_count) or self.min_count < 1:
-            raise self.fail("min_count", f"must be an integer >= 1, got {self.min_count!r}")
-        if not _is_int(self.hash_buckets) or self.hash_buckets < 1:
-            raise self.fail("hash_buckets", f"must be an integer >= 1, got {self.hash_buckets!r}")
-        if not _is_int(self.min_vocab) or self.min_vocab < 0:
-            raise self.fail("min_vocab", f"must be an integer >= 0, got {self.min_vocab!r}")
-        if not _is_int(self.finetune_epochs) or self.finetune_epochs < 0:
-            raise self.fail("finetune_epochs", f"must be an integer >= 0, got {self.finetune_epochs!r}")
+        self.require_int("min_count", 1)
+        self.require_int("hash_buckets", 1)
+        self.require_int("min_vocab", 0)
+        self.require_int("finetune_epochs", 0)
 
 
 def id_counts(train: Table, schema: FeatureSchema, table_name: str) -> np.ndarray:
@@ -188,10 +184,6 @@ def _hashed_embedding_class() -> type[nn.Module]:
     HashedEmbedding.__module__ = __name__
     HashedEmbedding.__qualname__ = "HashedEmbedding"
     return HashedEmbedding
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 EXAMPLES = [

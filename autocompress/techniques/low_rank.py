@@ -70,18 +70,8 @@ class Config(TechniqueConfig):
             or not 0.0 < self.energy <= 1.0
         ):
             raise self.fail("energy", f"must be in (0, 1], got {self.energy!r}")
-        if (
-            isinstance(self.min_features, bool)
-            or not isinstance(self.min_features, int)
-            or self.min_features < 1
-        ):
-            raise self.fail("min_features", f"must be an integer >= 1, got {self.min_features!r}")
-        if (
-            isinstance(self.finetune_epochs, bool)
-            or not isinstance(self.finetune_epochs, int)
-            or self.finetune_epochs < 0
-        ):
-            raise self.fail("finetune_epochs", f"must be an integer >= 0, got {self.finetune_epochs!r}")
+        self.require_int("min_features", 1)
+        self.require_int("finetune_epochs", 0)
 
 
 def apply(model: nn.Module, config: Config, ctx: TechniqueContext) -> nn.Module:

@@ -62,8 +62,7 @@ class Config(TechniqueConfig):
             raise self.fail("alpha", f"must be in [0, 4], got {self.alpha!r}")
         if not _is_number(self.base_dim_ratio) or not 0.0 < self.base_dim_ratio <= 1.0:
             raise self.fail("base_dim_ratio", f"must be in (0, 1], got {self.base_dim_ratio!r}")
-        if not _is_int(self.min_dim) or self.min_dim < 1:
-            raise self.fail("min_dim", f"must be an integer >= 1, got {self.min_dim!r}")
+        self.require_int("min_dim", 1)
         if self.max_dim is not None:
             if not _is_int(self.max_dim) or self.max_dim < 1:
                 raise self.fail("max_dim", f"must be an integer >= 1 or null, got {self.max_dim!r}")
@@ -71,8 +70,7 @@ class Config(TechniqueConfig):
                 raise self.fail("min_dim", f"({self.min_dim}) must not exceed max_dim ({self.max_dim})")
         if self.init not in INITS:
             raise self.fail("init", f"{self.init!r} is not one of {list(INITS)}")
-        if not _is_int(self.finetune_epochs) or self.finetune_epochs < 0:
-            raise self.fail("finetune_epochs", f"must be an integer >= 0, got {self.finetune_epochs!r}")
+        self.require_int("finetune_epochs", 0)
 
 
 def mixed_dims(vocab_sizes: Mapping[str, int], embedding_dim: int, config: Config) -> dict[str, int]:

@@ -56,14 +56,11 @@ class Config(TechniqueConfig):
     finetune_epochs: int = param(1, IntRange(0, 3), "epochs of training after the tables split")
 
     def check(self) -> None:
-        if not _is_int(self.collisions) or self.collisions < 2:
-            raise self.fail("collisions", f"must be an integer >= 2, got {self.collisions!r}")
+        self.require_int("collisions", 2)
         if self.combine not in COMBINES:
             raise self.fail("combine", f"{self.combine!r} is not one of {list(COMBINES)}")
-        if not _is_int(self.min_vocab) or self.min_vocab < 0:
-            raise self.fail("min_vocab", f"must be an integer >= 0, got {self.min_vocab!r}")
-        if not _is_int(self.finetune_epochs) or self.finetune_epochs < 0:
-            raise self.fail("finetune_epochs", f"must be an integer >= 0, got {self.finetune_epochs!r}")
+        self.require_int("min_vocab", 0)
+        self.require_int("finetune_epochs", 0)
 
 
 def qr_shapes(vocab: int, dim: int, collisions: int, combine: str) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -206,10 +203,6 @@ def _qr_embedding_class() -> type[nn.Module]:
     QREmbedding.__module__ = __name__
     QREmbedding.__qualname__ = "QREmbedding"
     return QREmbedding
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 EXAMPLES = [

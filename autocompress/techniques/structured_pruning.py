@@ -80,10 +80,8 @@ class Config(TechniqueConfig):
             raise self.fail("scope", f"{self.scope!r} is not one of {list(SCOPES)}")
         if not all(isinstance(name, str) for name in self.layers):
             raise self.fail("layers", f"must be a list of layer names, got {list(self.layers)!r}")
-        if not _is_int(self.iterative_steps) or self.iterative_steps < 1:
-            raise self.fail("iterative_steps", f"must be an integer >= 1, got {self.iterative_steps!r}")
-        if not _is_int(self.finetune_epochs) or self.finetune_epochs < 0:
-            raise self.fail("finetune_epochs", f"must be an integer >= 0, got {self.finetune_epochs!r}")
+        self.require_int("iterative_steps", 1)
+        self.require_int("finetune_epochs", 0)
 
 
 def apply(model: nn.Module, config: Config, ctx: TechniqueContext) -> nn.Module:
@@ -319,10 +317,6 @@ def _trace_batch(model: nn.Module, ctx: TechniqueContext) -> dict[str, torch.Ten
     from autocompress.train.inference import model_device, to_tensors
 
     return to_tensors(ctx.calibration_batch(TRACE_ROWS), model_device(model))
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value: object) -> bool:
