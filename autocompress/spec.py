@@ -108,3 +108,41 @@ class Target(SpecModel):
                 f"{self.device!r}; allowed there: {list(allowed)}"
             )
         return self
+
+
+Searcher = Literal["random", "tpe", "nsga2", "evolution"]
+MULTI_OBJECTIVE_SEARCHERS: tuple[str, ...] = ("nsga2",)
+
+
+class SearchSettings(SpecModel):
+    """How a job searches: the searcher by name, the trial budget, resources per trial, retries, storage.
+
+    ``random`` is the baseline, ``tpe`` and ``evolution`` (regularised evolution) maximise ``metric``
+    with the budget as a penalty, ``nsga2`` keeps the quality x latency x size front; ``asha``
+    stops weak single-objective trials after their first epochs. ``storage_path`` is where Tune
+    keeps its run (default: under the job's work folder); ``max_failures`` retries a crashed
+    trial that many times.
+    """
+
+    searcher: Searcher = "tpe"
+    num_trials: int = Field(default=20, ge=1)
+    max_concurrent: int = Field(default=2, ge=1)
+    asha: bool = False
+    cpus_per_trial: float = Field(default=1.0, gt=0)
+    gpus_per_trial: float = Field(default=0.0, ge=0)
+    max_failures: int = Field(default=1, ge=0)
+    storage_path: str | None = Field(default=None, min_length=1)
+    seed: int = 0
+    metric: Literal["valid_auc"] = "valid_auc"
+
+    @model_validator(mode="after")
+    def _asha_single_objective(self) -> Self:
+        if self.asha and self.searcher in MULTI_OBJECTIVE_SEARCHERS:
+            from typing import get_args
+
+            single = [s for s in get_args(Searcher) if s not in MULTI_OBJECTIVE_SEARCHERS]
+            raise ValueError(
+                f"asha needs a single-objective searcher, got searcher {self.searcher!r}; "
+                f"allowed with asha: {single}"
+            )
+        return self

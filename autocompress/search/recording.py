@@ -1,0 +1,162 @@
+"""The Tune callback that writes every trial into the store as it happens.
+
+RUNNING when a trial starts (with its decoded arch + policy), its metrics on every result,
+COMPLETED / STOPPED / FAILED (with the error text) when it ends. Rows are keyed by
+``(job_id, Tune trial id)`` and ``Store.record_trial`` upserts, so a run resumed with
+``Tuner.restore`` never records a trial twice. A failed store write is logged, never raised: the
+search goes on and the next write of the trial brings its row up to date.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ray.tune import Callback
+
+from autocompress.store import Store, TrialStatus
+
+if TYPE_CHECKING:
+    from ray.tune.experiment import Trial
+
+    from autocompress.search.space import SearchSpace
+    from autocompress.train.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+MAX_ERROR_CHARS = 20_000
+
+# What Tune adds to every result; the store keeps the trial's own metrics (and the iteration).
+TUNE_RESULT_KEYS = frozenset(
+    {
+        "config",
+        "date",
+        "done",
+        "experiment_id",
+        "experiment_tag",
+        "hostname",
+        "iterations_since_restore",
+        "node_ip",
+        "pid",
+        "should_checkpoint",
+        "checkpoint_dir_name",
+        "time_since_restore",
+        "time_this_iter_s",
+        "timestamp",
+        "timesteps_since_restore",
+        "timesteps_total",
+        "episodes_total",
+        "__duplicate__",
+    }
+)
+
+
+def trial_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A Tune result without Tune's bookkeeping keys: what the store keeps as a trial's metrics."""
+    return {k: v for k, v in result.items() if k not in TUNE_RESULT_KEYS}
+
+
+def finished_status(result: Mapping[str, Any]) -> TrialStatus:
+    """COMPLETED when the trial's final report arrived, STOPPED when it ended before (ASHA, a cancel)."""
+    return TrialStatus.COMPLETED if result.get("stage") == "final" else TrialStatus.STOPPED
+
+
+def trial_config(
+    space: SearchSpace, sampled: Mapping[str, Any], train_config: TrainConfig, distill: bool
+) -> dict[str, Any]:
+    """What the store keeps as a trial's config: the decoded arch and policy, training, and the sample.
+
+    A sample that does not decode (the trial will fail and say why) keeps only ``sampled``.
+    """
+    from autocompress.errors import AutocompressError
+    from autocompress.search.space import decode
+    from autocompress.search.trial import TrialSpec
+
+    flat = {k: v for k, v in sampled.items() if k.startswith(("arch.", "policy."))}
+    try:
+        arch, policy = decode(space, flat)
+        spec = TrialSpec(
+            trial_id="config",
+            family=space.family,
+            arch=arch,
+            policy=policy,
+            train_config=train_config,
+            distill=distill,
+        ).to_dict()
+    except AutocompressError:
+        return {"sampled": flat}
+    del spec["trial_id"]
+    return {**spec, "sampled": flat}
+
+
+def trial_error_text(trial: Trial) -> str:
+    """The error Tune recorded for a failed trial (its traceback text), trimmed to the last part."""
+    text = None
+    error_file = trial.error_file
+    if error_file and Path(error_file).is_file():
+        text = Path(error_file).read_text(errors="replace")
+    if not text:
+        text = "the trial failed (Tune kept no error text)"
+    return text if len(text) <= MAX_ERROR_CHARS else "..." + text[-MAX_ERROR_CHARS:]
+
+
+class TrialRecorder(Callback):
+    """Records each trial of ``job_id`` into ``store`` on start, on every result and at its end.
+
+    Life cycle (Tune's hooks, called on the driver): ``on_trial_start`` -> RUNNING with the
+    config; ``on_trial_result`` -> RUNNING with the latest metrics; ``on_trial_recover`` ->
+    PENDING with the error (the retry's start counts a new attempt); ``on_trial_complete`` ->
+    COMPLETED or STOPPED; ``on_trial_error`` -> FAILED with the error text.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        job_id: str,
+        space: SearchSpace,
+        train_config: TrainConfig,
+        distill: bool = False,
+    ) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.space = space
+        self.train_config = train_config
+        self.distill = distill
+
+    def _record(self, trial: Trial, status: TrialStatus, **fields: Any) -> None:
+        try:
+            self.store.record_trial(self.job_id, trial.trial_id, status, **fields)
+        except Exception:  # the search must outlive a store hiccup; the next write catches up
+            logger.exception("could not record trial %s of job %s as %s", trial.trial_id, self.job_id, status)
+
+    def _event(self, message: str) -> None:
+        try:
+            self.store.add_event(self.job_id, "trial", message)
+        except Exception:
+            logger.exception("could not log an event of job %s: %s", self.job_id, message)
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        config = trial_config(self.space, trial.config, self.train_config, self.distill)
+        self._record(trial, TrialStatus.RUNNING, config=config)
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
+    ) -> None:
+        self._record(trial, TrialStatus.RUNNING, metrics=trial_metrics(result))
+
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._record(trial, TrialStatus.PENDING, error=trial_error_text(trial))
+        self._event(f"trial {trial.trial_id} crashed and will be retried")
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        result = trial.last_result
+        status = finished_status(result)
+        self._record(trial, status, metrics=trial_metrics(result))
+        self._event(f"trial {trial.trial_id} {status.value.lower()}")
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        error = trial_error_text(trial)
+        self._record(trial, TrialStatus.FAILED, metrics=trial_metrics(trial.last_result), error=error)
+        self._event(f"trial {trial.trial_id} failed: {error.strip().splitlines()[-1] if error else ''}")

@@ -1,0 +1,373 @@
+"""The Ray Tune layer over ``run_trial``: searchers by name, resources, storage, retries, recording.
+
+The trainable is thin: it decodes the sampled flat config with ``decode``, builds a ``TrialSpec``
+named by Tune's trial id, runs ``run_trial`` and forwards its reports to ``tune.report``. The
+``SharedResources`` (dataset, teacher) travel once through the Ray object store
+(``tune.with_parameters``). When a scheduler such as ASHA stops a trial, Tune ends it inside
+``tune.report`` (the session raises ``SystemExit`` in the trial's thread), so the trial simply
+stops there; the recorder marks it STOPPED because its final report never arrived.
+
+Searchers come by name from ``SEARCHERS`` (built lazily): ``random`` (Tune's variant generator),
+``tpe`` and ``nsga2`` (Optuna through ``OptunaSearch``), ``evolution`` (regularised evolution,
+below). Single-objective searchers (``tpe``, ``evolution``; ASHA too) work on ``objective``: the
+valid AUC of a candidate that meets the budget, and ``valid_auc - distance_to_feasible`` of one
+that does not (per-epoch reports carry the plain valid AUC, since nothing is measured yet). ``nsga2``
+optimises ``valid_auc`` (max), ``latency_ms`` and ``size_mb`` (min) and sees the final report only.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import json
+import pickle
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autocompress.errors import AutocompressError
+from autocompress.search.recording import TrialRecorder, finished_status, trial_metrics
+from autocompress.search.space import SearchSpace
+from autocompress.search.trial import SharedResources
+from autocompress.spec import MULTI_OBJECTIVE_SEARCHERS, SearchSettings
+from autocompress.store import Store, TrialStatus
+from autocompress.train.config import TrainConfig
+
+# Tune's searchers (Searcher or SearchAlgorithm subclasses); Ray ships without type stubs.
+Searcher = Any
+
+OBJECTIVE = "objective"
+JOB_FILE = "autocompress_job.json"  # in the Tune run's folder: the job the run records into
+MULTI_OBJECTIVE_METRICS = ("valid_auc", "latency_ms", "size_mb")
+MULTI_OBJECTIVE_MODES = ("max", "min", "min")
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """One trial as the search ended it: the sampled config, its last metrics, status and error."""
+
+    trial_id: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    status: TrialStatus
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """Every trial of one search and where Tune keeps the run (for ``Tuner.restore``)."""
+
+    experiment_path: str
+    trials: list[TrialOutcome] = field(default_factory=list)
+
+    def by_status(self, status: TrialStatus) -> list[TrialOutcome]:
+        """The trials that ended with ``status``."""
+        return [t for t in self.trials if t.status is status]
+
+
+def objective(metrics: Mapping[str, Any]) -> float:
+    """The single-objective score: valid AUC, less the distance to the budget when it is missed."""
+    value = float(metrics["valid_auc"])
+    distance = metrics.get("distance_to_feasible")
+    if metrics.get("stage") == "final" and not metrics.get("feasible", True) and distance is not None:
+        value -= float(distance)
+    return value
+
+
+# -- searchers ------------------------------------------------------------------------------------
+
+
+def _random(settings: SearchSettings) -> Searcher:
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    # Tune's max_concurrent_trials applies to Searchers only; the variant generator limits itself
+    return BasicVariantGenerator(random_state=settings.seed, max_concurrent=settings.max_concurrent)
+
+
+def _quiet_optuna_list_choices() -> None:
+    # Architecture choices are lists of widths (``bottom_mlp: [[], [64]]``). Optuna warns that such
+    # choices cannot go to a persistent Optuna storage; Tune's OptunaSearch keeps its study in
+    # memory, where Optuna stores a categorical by its index, so the warning does not apply.
+    warnings.filterwarnings(
+        "ignore", message="Choices for a categorical distribution should be a tuple", category=UserWarning
+    )
+
+
+def _tpe(settings: SearchSettings) -> Searcher:
+    from optuna.samplers import TPESampler
+    from ray.tune.search.optuna import OptunaSearch
+
+    _quiet_optuna_list_choices()
+    return OptunaSearch(metric=OBJECTIVE, mode="max", sampler=TPESampler(seed=settings.seed))
+
+
+def _nsga2(settings: SearchSettings) -> Searcher:
+    from optuna.samplers import NSGAIISampler
+    from ray.tune.search.optuna import OptunaSearch
+
+    _quiet_optuna_list_choices()
+    return OptunaSearch(
+        metric=list(MULTI_OBJECTIVE_METRICS),
+        mode=list(MULTI_OBJECTIVE_MODES),
+        sampler=NSGAIISampler(seed=settings.seed),
+    )
+
+
+def _evolution(settings: SearchSettings) -> Searcher:
+    return regularized_evolution_class()(metric=OBJECTIVE, mode="max", seed=settings.seed)
+
+
+SEARCHERS: dict[str, Callable[[SearchSettings], Searcher]] = {
+    "random": _random,
+    "tpe": _tpe,
+    "nsga2": _nsga2,
+    "evolution": _evolution,
+}
+
+
+@functools.cache
+def regularized_evolution_class() -> type:
+    """The regularised-evolution Tune ``Searcher`` (built on first use, so Ray is imported lazily)."""
+    import numpy as np
+    from ray.tune.search import Searcher as TuneSearcher
+    from ray.tune.search.sample import Domain
+
+    class RegularizedEvolution(TuneSearcher):
+        """Regularised (aging) evolution over the flat search space (Real et al., 2019).
+
+        The first ``population_size`` trials sample the space at random. Each later trial copies
+        the best of ``sample_size`` members drawn from the population (the last
+        ``population_size`` finished trials) and resamples one of its searched dimensions. The
+        oldest member leaves first, whatever its score, which keeps the search exploring. Failed
+        trials and trials without the metric do not join the population.
+        """
+
+        def __init__(
+            self,
+            metric: str | None = None,
+            mode: str | None = None,
+            population_size: int = 8,
+            sample_size: int = 3,
+            seed: int = 0,
+        ) -> None:
+            super().__init__(metric=metric, mode=mode)
+            if population_size < 2 or not 1 <= sample_size <= population_size:
+                raise AutocompressError(
+                    f"evolution: need population_size >= 2 and 1 <= sample_size <= population_size, "
+                    f"got {population_size} and {sample_size}"
+                )
+            self.population_size = population_size
+            self.sample_size = sample_size
+            self._rng = np.random.default_rng(seed)
+            self._space: dict[str, Any] | None = None
+            self._population: collections.deque[tuple[dict[str, Any], float]] = collections.deque(
+                maxlen=population_size
+            )
+            self._live: dict[str, dict[str, Any]] = {}
+
+        def set_search_properties(
+            self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any
+        ) -> bool:
+            if self._space is not None:
+                return False
+            self._space = dict(config)
+            self._metric = metric or self._metric
+            self._mode = mode or self._mode
+            return True
+
+        def _sample(self, domain: Any) -> Any:
+            return domain.sample(random_state=self._rng)
+
+        def suggest(self, trial_id: str) -> dict[str, Any] | None:
+            if self._space is None:
+                raise AutocompressError("evolution: the searcher has no search space (param_space)")
+            searched = [k for k, v in self._space.items() if isinstance(v, Domain)]
+            if len(self._population) < self.population_size or not searched:
+                config = {k: self._sample(v) if isinstance(v, Domain) else v for k, v in self._space.items()}
+            else:
+                picks = self._rng.choice(len(self._population), size=self.sample_size, replace=False)
+                parent = max((self._population[int(i)] for i in picks), key=lambda member: member[1])[0]
+                config = dict(parent)
+                key = searched[int(self._rng.integers(len(searched)))]
+                for _ in range(10):  # a different value where the dimension has one
+                    config[key] = self._sample(self._space[key])
+                    if config[key] != parent[key]:
+                        break
+            self._live[trial_id] = config
+            return config
+
+        def on_trial_complete(
+            self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+        ) -> None:
+            config = self._live.pop(trial_id, None)
+            metric = self._metric
+            if config is None or error or not result or metric is None or result.get(metric) is None:
+                return
+            score = float(result[metric])
+            self._population.append((config, score if self._mode == "max" else -score))
+
+        def save(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path, "wb") as file:
+                pickle.dump(self.__dict__.copy(), file)
+
+        def restore(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path, "rb") as file:
+                self.__dict__.update(pickle.load(file))
+
+    return RegularizedEvolution
+
+
+def make_searcher(settings: SearchSettings) -> Searcher:
+    """The Tune searcher named by ``settings.searcher``, seeded with ``settings.seed``."""
+    if settings.searcher not in SEARCHERS:
+        raise AutocompressError(
+            f"search.searcher: {settings.searcher!r} is not available yet; available: {sorted(SEARCHERS)}"
+        )
+    return SEARCHERS[settings.searcher](settings)
+
+
+def make_scheduler(settings: SearchSettings, train_config: TrainConfig) -> Any:
+    """ASHA on ``objective`` when ``settings.asha`` is on (one rung per epoch), else Tune's FIFO."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if not settings.asha:
+        return FIFOScheduler()
+    # one report per epoch plus the final one: max_t leaves room for the final report
+    return ASHAScheduler(
+        metric=OBJECTIVE, mode="max", max_t=train_config.epochs + 1, grace_period=1, reduction_factor=2
+    )
+
+
+# -- the trainable --------------------------------------------------------------------------------
+
+
+def search_trainable(
+    config: dict[str, Any],
+    *,
+    space: SearchSpace,
+    shared: SharedResources,
+    train_config: TrainConfig,
+    distill: bool,
+    report_epochs: bool,
+) -> None:
+    """One Tune trial: decode the sample, run the pipeline, forward the reports to ``tune.report``."""
+    from ray import tune
+
+    from autocompress.search.space import decode
+    from autocompress.search.trial import TrialSpec, run_trial
+
+    arch, policy = decode(space, config)
+    spec = TrialSpec(
+        trial_id=tune.get_context().get_trial_id(),
+        family=space.family,
+        arch=arch,
+        policy=policy,
+        train_config=train_config,
+        distill=distill,
+    )
+
+    def forward(metrics: dict[str, Any]) -> None:
+        if metrics.get("stage") == "train" and not report_epochs:
+            return
+        tune.report({**metrics, OBJECTIVE: objective(metrics)})
+
+    run_trial(spec, shared, forward)
+
+
+# -- the search -----------------------------------------------------------------------------------
+
+
+def run_search(
+    space: SearchSpace,
+    settings: SearchSettings,
+    shared: SharedResources,
+    *,
+    store: Store,
+    job_id: str,
+    name: str,
+    train_config: TrainConfig | None = None,
+    distill: bool = False,
+    resume: bool = True,
+) -> SearchOutcome:
+    """Search ``space`` with Ray Tune as ``settings`` say, recording every trial of ``job_id`` in ``store``.
+
+    ``name`` names the Tune run under ``settings.storage_path`` (default: ``shared.work_dir/tune``);
+    with ``resume`` an earlier run of that name (of the same job) is picked up with ``Tuner.restore``:
+    unfinished trials rerun, finished ones are kept and not recorded again. A run folder of another
+    job is refused. Returns every trial.
+    """
+    from ray import tune
+
+    if not name or "/" in name or name in (".", ".."):
+        raise AutocompressError(f"name: {name!r} must be a plain folder name (no '/')")
+    train_config = train_config or TrainConfig()
+    storage = Path(settings.storage_path) if settings.storage_path else shared.work_dir / "tune"
+    storage = storage.expanduser().resolve()
+    experiment = storage / name
+    multi_objective = settings.searcher in MULTI_OBJECTIVE_SEARCHERS
+    searcher = make_searcher(settings)
+
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            search_trainable,
+            space=space,
+            shared=shared,
+            train_config=train_config,
+            distill=distill,
+            report_epochs=not multi_objective,
+        ),
+        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
+    )
+    recorder = TrialRecorder(store, job_id, space, train_config, distill)
+    owner_file = experiment / JOB_FILE
+    if experiment.exists():
+        owner = json.loads(owner_file.read_text()).get("job_id") if owner_file.is_file() else None
+        if owner != job_id:
+            # a restored run records into the job it was started for: never mix two jobs' trials
+            raise AutocompressError(
+                f"name: the Tune run {experiment} belongs to job {owner!r}, not {job_id!r}; "
+                "give each job its own name (its id) or storage_path"
+            )
+    if resume and tune.Tuner.can_restore(str(experiment)):
+        store.add_event(job_id, "search", f"resuming the Tune run at {experiment}")
+        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True)
+    else:
+        from autocompress.search.tune_space import to_tune
+
+        tuner = tune.Tuner(
+            trainable,
+            param_space=to_tune(space),
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=make_scheduler(settings, train_config),
+                num_samples=settings.num_trials,
+                max_concurrent_trials=None if settings.searcher == "random" else settings.max_concurrent,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=str(storage),
+                failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                callbacks=[recorder],
+                verbose=0,
+            ),
+        )
+    experiment.mkdir(parents=True, exist_ok=True)
+    owner_file.write_text(json.dumps({"job_id": job_id}))
+    grid = tuner.fit()
+    trials = []
+    for index in range(len(grid)):
+        result = grid[index]
+        metrics = dict(result.metrics or {})
+        error = str(result.error) if result.error is not None else None
+        trials.append(
+            TrialOutcome(
+                trial_id=str(metrics.get("trial_id")),
+                config=dict(result.config or {}),
+                metrics=trial_metrics(metrics),
+                status=TrialStatus.FAILED if error is not None else finished_status(metrics),
+                error=error,
+            )
+        )
+    return SearchOutcome(experiment_path=str(experiment), trials=trials)
