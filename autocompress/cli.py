@@ -234,6 +234,52 @@ def evaluate(
     console.print(table)
 
 
+@app.command()
+@_user_errors
+def search(
+    spec: Annotated[Path, typer.Option("--spec", help="the job spec (YAML or JSON)")],
+    db: Annotated[
+        str | None, typer.Option(help="database URL (default: AUTOCOMPRESS_DB_URL or ./autocompress.db)")
+    ] = None,
+    work_dir: Annotated[Path, typer.Option(help="where trials, reports and artifacts go")] = Path("runs"),
+) -> None:
+    """Run a search job locally on Ray: reference, search, winner, test comparison, report."""
+    import os
+
+    from autocompress.job import load_job_spec
+    from autocompress.runner import run_job
+    from autocompress.store import Store, default_store_url
+
+    job_spec = load_job_spec(spec)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    store = Store(db or default_store_url())
+    with console.status(f"searching: {job_spec.name} ({job_spec.search.num_trials} trials) ..."):
+        result = run_job(job_spec, store, work_dir)
+    table = RichTable(title=f"job {result.job_id}: test split, {job_spec.family}")
+    for col in ("model", "test AUC", "ΔAUC", "MB", "smaller", "b256 p99 ms", "b256 speed-up"):
+        table.add_column(col, justify="right")
+    for r in result.rows:
+        table.add_row(
+            r["name"],
+            f"{r['test_auc']:.4f}",
+            f"{r['delta_auc']:+.4f}",
+            f"{r['size_mb']:.2f}",
+            f"{r['size_ratio']:.1f}x",
+            f"{r['p99_ms_b256']:.3f}",
+            f"{r['speedup_b256']:.2f}x",
+        )
+    console.print(table)
+    progress = store.job_progress(result.job_id)
+    console.print(f"trials: {progress.done} done, {progress.failed} failed")
+    if result.reason:
+        console.print(f"[bold yellow]{result.reason}[/]: see the closest candidates in the report")
+    console.print(f"report: {result.report_path}")
+
+
 @data_app.command("generate")
 @_user_errors
 def data_generate(

@@ -128,3 +128,168 @@ def train_and_measure(
     )
     (out / "report.json").write_text(report.to_json())
     return report
+
+
+@dataclass
+class JobResult:
+    """The end of a search job: the winner (or why none), the comparison rows, the report's path."""
+
+    job_id: str
+    status: str
+    reason: str | None
+    winner_trial: str | None
+    rows: list[dict[str, Any]]
+    report_path: str | None
+    model_id: str | None = None
+
+
+def run_job(spec: Any, store: Any, work_dir: str | Path, *, job_id: str | None = None) -> JobResult:
+    """Run one search job end to end and record it: reference, search, winner, test comparison, report.
+
+    The job is RUNNING while it works and ends SUCCEEDED (with reason "no feasible model" when no
+    candidate meets the budget) or FAILED with the error text; nothing already recorded is lost.
+    """
+    from autocompress.store import JobStatus
+
+    job = store.get_job(job_id) if job_id is not None else store.create_job(spec.to_dict(), name=spec.name)
+    store.set_job_status(job.id, JobStatus.RUNNING)
+    try:
+        result = _search_job(spec, store, Path(work_dir) / job.id, job.id)
+    except Exception as exc:
+        store.set_job_status(job.id, JobStatus.FAILED, reason=f"{type(exc).__name__}: {exc}")
+        raise
+    store.set_job_status(
+        job.id,
+        JobStatus.SUCCEEDED,
+        reason=result.reason,
+        result={"winner_trial": result.winner_trial, "rows": result.rows, "report": result.report_path},
+    )
+    return result
+
+
+def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
+    import copy
+    import shutil
+
+    from autocompress.data.registry import load_dataset
+    from autocompress.export import create_session, export_onnx
+    from autocompress.measure import measure_exclusively, onnx_size_bytes
+    from autocompress.measure.evaluation import onnx_logits
+    from autocompress.measure.quality import auc
+    from autocompress.models import build
+    from autocompress.report import html_report, pareto_plot
+    from autocompress.search.pareto import Candidate, select_winner
+    from autocompress.search.space import load_search_space
+    from autocompress.search.trial import SharedResources
+    from autocompress.search.tuner import run_search
+    from autocompress.store import TrialStatus
+    from autocompress.techniques import Policy, TechniqueContext, apply_policy
+    from autocompress.train import fit
+
+    work.mkdir(parents=True, exist_ok=True)
+    space = load_search_space(spec.family, spec.preset, spec.search_space)
+    budget = spec.budget or space.budget
+    target = spec.target.model_copy(
+        update={"batch_sizes": sorted({*spec.target.batch_sizes, budget.batch_size})}
+    )
+    train_config = spec.train_config()
+
+    store.add_event(job_id, "log", f"loading data ({spec.dataset.kind})")
+    dataset = load_dataset(spec.dataset)
+    store.add_event(job_id, "log", "training the reference model (the teacher and fp32 baseline)")
+    reference = build(spec.family, dataset.schema)
+    reference_fit = fit(reference, dataset.train, dataset.valid, train_config)
+    reference = reference.cpu().eval()
+    fp32_path = export_onnx(reference, dataset.schema, work / "reference.onnx").path
+    shared = SharedResources(
+        dataset=dataset,
+        teacher=reference,
+        reference_valid_auc=reference_fit.best_valid_auc,
+        target=target,
+        budget=budget,
+        work_dir=work / "trials",
+        cache_dir=work / "latency-cache",
+        reference_size_bytes=onnx_size_bytes(fp32_path),
+    )
+    store.add_event(job_id, "log", f"searching {space.name} with {spec.search.searcher}")
+    outcome = run_search(
+        space,
+        spec.search,
+        shared,
+        store=store,
+        job_id=job_id,
+        name=job_id,
+        train_config=train_config,
+        distill=spec.distill,
+    )
+    finished = [
+        Candidate.from_metrics(t.trial_id, t.metrics)
+        for t in outcome.by_status(TrialStatus.COMPLETED)
+        if "feasible" in t.metrics
+    ]
+    selection = select_winner(finished)
+
+    # the test split decides the comparison: the winner next to fp32 and ORT dynamic int8
+    int8_path = apply_policy(
+        copy.deepcopy(reference),
+        Policy.from_dict(
+            {"steps": [{"technique": "dynamic_int8", "op_types": ["MatMul", "Gemm", "Gather"]}]}
+        ),
+        TechniqueContext(schema=dataset.schema, work_dir=work / "ort-dynamic-int8"),
+    ).onnx_path
+    models = {"onnx_fp32": fp32_path, "ort_dynamic_int8": int8_path}
+    if selection.winner is not None:
+        models = {"winner": Path(str(selection.winner.metrics["onnx_path"])), **models}
+    rows: list[dict[str, Any]] = []
+    for name, path in models.items():
+        session = create_session(path, target)
+        latency = measure_exclusively(path, dataset.schema, target, cache_dir=shared.cache_dir)
+        rows.append(
+            {
+                "name": name,
+                "test_auc": auc(dataset.test.labels, onnx_logits(session, dataset.test)),
+                "size_mb": onnx_size_bytes(path) / 1e6,
+                "p50_ms_b1": latency.at(1, 50) if 1 in target.batch_sizes else None,
+                "p99_ms_b256": latency.at(budget.batch_size, 99),
+                "p50_ms_b256": latency.at(budget.batch_size, 50),
+            }
+        )
+    base = next(r for r in rows if r["name"] == "onnx_fp32")
+    for r in rows:
+        r["delta_auc"] = r["test_auc"] - base["test_auc"]
+        r["size_ratio"] = base["size_mb"] / r["size_mb"]
+        r["speedup_b256"] = base["p50_ms_b256"] / r["p50_ms_b256"]
+
+    plot = pareto_plot(finished, selection, work / "pareto.png", budget_latency_ms=budget.latency_ms)
+    report = html_report(
+        f"autocompress job {spec.name} ({job_id})", rows, selection, plot, work / "report.html"
+    )
+    model_id = None
+    if selection.winner is not None:
+        artifact = work / "winner.onnx"
+        shutil.copyfile(models["winner"], artifact)
+        winner_row = next(r for r in rows if r["name"] == "winner")
+        model_id = store.register_model(
+            f"{spec.name}-winner",
+            artifact,
+            dataset.schema.to_dict(),
+            {**selection.winner.metrics, "test": {k: v for k, v in winner_row.items() if k != "name"}},
+            job_id=job_id,
+            trial_id=_trial_row_id(store, job_id, selection.winner.trial_id),
+        ).id
+    return JobResult(
+        job_id=job_id,
+        status="SUCCEEDED",
+        reason=selection.reason,
+        winner_trial=None if selection.winner is None else selection.winner.trial_id,
+        rows=rows,
+        report_path=str(report),
+        model_id=model_id,
+    )
+
+
+def _trial_row_id(store: Any, job_id: str, trial_key: str) -> str | None:
+    for trial in store.list_trials(job_id):
+        if trial.trial_key == trial_key:
+            return str(trial.id)
+    return None

@@ -1,0 +1,65 @@
+"""A whole search job on a real local Ray (2 CPUs) and a SQLite file: recorded, compared, reported."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from autocompress.job import JobSpec, load_job_spec
+from autocompress.runner import run_job
+from autocompress.search.pareto import NO_FEASIBLE_MODEL
+from autocompress.store import JobStatus, Store, TrialStatus
+
+os.environ["RAY_AUTH_MODE"] = "disabled"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_2_cpus():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def test_the_tiny_example_job_finds_a_winner_and_records_every_trial(ray_2_cpus, tmp_path):
+    spec = load_job_spec("examples/tiny_job.yaml")
+    store = Store(tmp_path / "jobs.db")
+    result = run_job(spec, store, tmp_path / "runs")
+
+    job = store.get_job(result.job_id)
+    assert job.status is JobStatus.SUCCEEDED
+    trials = store.list_trials(result.job_id)
+    assert len(trials) == spec.search.num_trials
+    assert all(t.status in (TrialStatus.COMPLETED, TrialStatus.FAILED) for t in trials)
+    assert result.winner_trial is not None, result.reason
+    winner = next(t for t in trials if t.trial_key == result.winner_trial)
+    assert winner.metrics["feasible"] is True
+    assert winner.metrics["size_mb"] <= spec.budget.size_mb
+    names = [r["name"] for r in result.rows]
+    assert names == ["winner", "onnx_fp32", "ort_dynamic_int8"]
+    fp32 = result.rows[1]
+    assert 0.6 < fp32["test_auc"] < 1 and result.rows[0]["size_ratio"] > 1  # the winner is smaller
+    page = Path(result.report_path).read_text()
+    assert f"Winner: trial <b>{result.winner_trial}</b>" in page
+    model = store.get_model(result.model_id)
+    assert model.metrics["test"]["test_auc"] == pytest.approx(result.rows[0]["test_auc"])
+
+
+def test_an_impossible_budget_ends_with_no_feasible_model(ray_2_cpus, tmp_path):
+    data = load_job_spec("examples/tiny_job.yaml").to_dict()
+    data["budget"] = {"latency_ms": 1e-6, "batch_size": 256}
+    data["search"]["num_trials"] = 2
+    spec = JobSpec.from_dict(data)
+    store = Store(tmp_path / "jobs.db")
+    result = run_job(spec, store, tmp_path / "runs")
+
+    job = store.get_job(result.job_id)
+    assert job.status is JobStatus.SUCCEEDED and job.reason == NO_FEASIBLE_MODEL
+    assert result.winner_trial is None and result.model_id is None
+    assert len(store.list_trials(result.job_id)) == 2
+    assert [r["name"] for r in result.rows] == ["onnx_fp32", "ort_dynamic_int8"]
+    assert NO_FEASIBLE_MODEL in Path(result.report_path).read_text()
