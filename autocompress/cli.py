@@ -259,25 +259,37 @@ def search(
     store = Store(db or default_store_url())
     with console.status(f"searching: {job_spec.name} ({job_spec.search.num_trials} trials) ..."):
         result = run_job(job_spec, store, work_dir)
-    table = RichTable(title=f"job {result.job_id}: test split, {job_spec.family}")
-    for col in ("model", "test AUC", "ΔAUC", "MB", "smaller", "b256 p99 ms", "b256 speed-up"):
-        table.add_column(col, justify="right")
-    for r in result.rows:
-        table.add_row(
-            r["name"],
-            f"{r['test_auc']:.4f}",
-            f"{r['delta_auc']:+.4f}",
-            f"{r['size_mb']:.2f}",
-            f"{r['size_ratio']:.1f}x",
-            f"{r['p99_ms_b256']:.3f}",
-            f"{r['speedup_b256']:.2f}x",
-        )
-    console.print(table)
+    _print_comparison(result.rows, f"job {result.job_id}: test split, {job_spec.family}")
     progress = store.job_progress(result.job_id)
     console.print(f"trials: {progress.done} done, {progress.failed} failed")
     if result.reason:
         console.print(f"[bold yellow]{result.reason}[/]: see the closest candidates in the report")
     console.print(f"report: {result.report_path}")
+
+
+@app.command()
+@_user_errors
+def report(
+    job_id: Annotated[str, typer.Argument(help="the job id `autocompress search` printed")],
+    db: Annotated[
+        str | None, typer.Option(help="database URL (default: AUTOCOMPRESS_DB_URL or ./autocompress.db)")
+    ] = None,
+) -> None:
+    """Show a recorded job: its state, trials, the comparison on the test split and the report's path."""
+    from autocompress.store import Store, default_store_url
+
+    store = Store(db or default_store_url())
+    job = store.get_job(job_id)
+    progress = store.job_progress(job_id)
+    console.print(
+        f"job {job.id} ({job.name}): {job.status.value}" + (f" — {job.reason}" if job.reason else "")
+    )
+    console.print(f"trials: {progress.done} done, {progress.running} running, {progress.failed} failed")
+    result = job.result or {}
+    if result.get("rows"):
+        _print_comparison(result["rows"], "test split")
+    if result.get("report"):
+        console.print(f"report: {result['report']}")
 
 
 @data_app.command("generate")
@@ -300,6 +312,24 @@ def data_generate(
         f"wrote {summary['rows']:,} rows ({summary['sessions']:,} sessions, CTR {summary['ctr']:.3f}, "
         f"oracle AUC over all rows {summary['oracle_auc']:.4f}) to {out}"
     )
+
+
+def _print_comparison(rows: list[dict[str, Any]], title: str) -> None:
+    """The winner next to fp32 ONNX and ORT dynamic int8, as ``run_job`` measured them."""
+    table = RichTable(title=title)
+    for col in ("model", "test AUC", "ΔAUC", "MB", "smaller", "b256 p99 ms", "b256 speed-up"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            r["name"],
+            f"{r['test_auc']:.4f}",
+            f"{r['delta_auc']:+.4f}",
+            f"{r['size_mb']:.2f}",
+            f"{r['size_ratio']:.1f}x",
+            f"{r['p99_ms_b256']:.3f}",
+            f"{r['speedup_b256']:.2f}x",
+        )
+    console.print(table)
 
 
 def _json_option(name: str, text: str | None) -> dict[str, Any] | None:

@@ -58,3 +58,28 @@ def test_user_errors_are_one_line_naming_the_field(tmp_path):
         assert result.exit_code == 2, (args, result.output)
         assert message in " ".join(result.output.split()), (args, result.output)
         assert "Traceback" not in result.output
+
+
+def test_report_shows_a_recorded_job_and_names_an_unknown_one(tmp_path):
+    from autocompress.store import JobStatus, Store
+
+    store = Store(tmp_path / "jobs.db")
+    job = store.create_job({"name": "demo"}, name="demo")
+    store.set_job_status(job.id, JobStatus.RUNNING)
+    store.record_trial(job.id, "t1", "COMPLETED", metrics={"valid_auc": 0.8})
+    row = {"name": "winner", "test_auc": 0.81, "delta_auc": -0.001, "size_mb": 2.5, "size_ratio": 31.8}
+    row.update({"p99_ms_b256": 0.9, "speedup_b256": 4.2})
+    store.set_job_status(job.id, JobStatus.SUCCEEDED, result={"rows": [row], "report": "/x/report.html"})
+
+    result = runner.invoke(app, ["report", job.id, "--db", str(tmp_path / "jobs.db")])
+    assert result.exit_code == 0, result.output
+    for text in (
+        f"job {job.id} (demo): SUCCEEDED",
+        "trials: 1 done",
+        "31.8x",
+        "4.20x",
+        "report: /x/report.html",
+    ):
+        assert text in result.output
+    missing = runner.invoke(app, ["report", "no-such-job", "--db", str(tmp_path / "jobs.db")])
+    assert missing.exit_code == 2 and "no-such-job" in missing.output
