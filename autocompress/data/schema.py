@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from autocompress.errors import AutocompressError
+from autocompress.errors import AutocompressError, refuse_unknown_fields
 
 PAD_ID = 0
 OOV_ID = 1
@@ -261,7 +261,7 @@ class FeatureSchema:
     def from_dict(cls, data: Mapping[str, Any]) -> FeatureSchema:
         """Strict load: unknown keys anywhere are refused with their name."""
         allowed = {"dense", "sparse", "sequence", "label", "group_id", "version"}
-        _refuse_unknown("schema", data, allowed)
+        refuse_unknown_fields("schema", data, allowed)
         try:
             dense = tuple(_build(DenseFeature, "dense", d) for d in data.get("dense", ()))
             sparse = tuple(_build(SparseFeature, "sparse", d) for d in data.get("sparse", ()))
@@ -282,16 +282,8 @@ class FeatureSchema:
         return cls.from_dict(json.loads(text))
 
 
-def _refuse_unknown(where: str, data: Mapping[str, Any], allowed: set[str]) -> None:
-    if not isinstance(data, Mapping):
-        raise AutocompressError(f"{where}: expected a mapping, got {type(data).__name__}")
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise AutocompressError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
-
-
 def _build(cls: Any, where: str, data: Mapping[str, Any]) -> Any:
-    _refuse_unknown(
+    refuse_unknown_fields(
         f"schema.{where}[{data.get('name', '?') if isinstance(data, Mapping) else '?'}]",
         data,
         set(cls.__dataclass_fields__),

@@ -32,7 +32,7 @@ from autocompress.data.schema import (
     SparseFeature,
 )
 from autocompress.data.table import Dataset, Table
-from autocompress.errors import AutocompressError
+from autocompress.errors import AutocompressError, refuse_unknown_fields
 
 MISSING_VALUE = ""
 VOCABULARY_VERSION = 1
@@ -190,7 +190,7 @@ class Vocabulary:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Vocabulary:
         """Strict load of ``to_dict`` output: unknown keys or another version are refused."""
-        _refuse_unknown("vocabulary", data, {"version", "values"})
+        refuse_unknown_fields("vocabulary", data, {"version", "values"})
         if data.get("version") != VOCABULARY_VERSION:
             raise AutocompressError(
                 f"vocabulary: version {data.get('version')!r} is not supported "
@@ -239,20 +239,12 @@ class DenseScaler:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DenseScaler:
         """Strict load of ``to_dict`` output."""
-        _refuse_unknown("dense scaler", data, {"mean", "std", "log1p"})
+        refuse_unknown_fields("dense scaler", data, {"mean", "std", "log1p"})
         return cls(mean=float(data["mean"]), std=float(data["std"]), log1p=bool(data.get("log1p", False)))
 
 
 def _dense_input(x: np.ndarray, log1p: bool) -> np.ndarray:
     return np.log1p(np.maximum(x, 0.0)) if log1p else x
-
-
-def _refuse_unknown(where: str, data: Mapping[str, Any], allowed: set[str]) -> None:
-    if not isinstance(data, Mapping):
-        raise AutocompressError(f"{where}: expected a mapping, got {type(data).__name__}")
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise AutocompressError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
 
 
 def split_delimited(

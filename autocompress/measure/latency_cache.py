@@ -30,23 +30,13 @@ LOCK_FILE = "measure.lock"
 
 def onnx_sha256(onnx_path: str | Path) -> str:
     """sha256 of an ONNX file followed by each external-data file it references (sorted by name)."""
-    import onnx
-
-    from autocompress.measure.size import _load_header, _tensors
+    from autocompress.measure.size import external_data_files
 
     path = Path(onnx_path)
-    model = _load_header(path)
-    locations: set[str] = set()
-    for tensor in _tensors(model):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            locations.update(e.value for e in tensor.external_data if e.key == "location")
     digest = hashlib.sha256()
     _hash_file(digest, path)
-    for location in sorted(locations):
-        data = path.parent / location
-        if not data.is_file():
-            raise AutocompressError(f"{str(path)!r} references external data {location!r}, which is missing")
-        digest.update(f"\0{location}\0".encode())
+    for data in external_data_files(path):
+        digest.update(f"\0{data.name}\0".encode())
         _hash_file(digest, data)
     return digest.hexdigest()
 

@@ -50,8 +50,8 @@ def _tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
                 yield from attr.tensors
 
 
-def onnx_size_bytes(path: str | Path) -> int:
-    """Bytes of the ONNX file plus every external-data file it references (what a deployment ships)."""
+def external_data_files(path: str | Path) -> list[Path]:
+    """The external-data files an ONNX file references (sorted by name); a missing one is an error."""
     import onnx
 
     path = Path(path)
@@ -60,13 +60,20 @@ def onnx_size_bytes(path: str | Path) -> int:
     for tensor in _tensors(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             locations.update(e.value for e in tensor.external_data if e.key == "location")
-    total = path.stat().st_size
+    files = []
     for location in sorted(locations):
         data = path.parent / location
         if not data.is_file():
             raise AutocompressError(f"{str(path)!r} references external data {location!r}, which is missing")
-        total += data.stat().st_size
-    return total
+        files.append(data)
+    return files
+
+
+def onnx_size_bytes(path: str | Path) -> int:
+    """Bytes of the ONNX file plus every external-data file it references (what a deployment ships)."""
+    path = Path(path)
+    external = external_data_files(path)  # first: it names a missing or unreadable file
+    return path.stat().st_size + sum(f.stat().st_size for f in external)
 
 
 def onnx_parameter_count(path: str | Path) -> int:

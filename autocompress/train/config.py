@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from autocompress.errors import AutocompressError
+from autocompress.errors import AutocompressError, refuse_unknown_fields
 
 TRAIN_CONFIG_VERSION = 1
 DISTILL_CONFIG_VERSION = 1
@@ -90,7 +90,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         """Strict load: unknown keys are refused by name; missing keys take their defaults."""
-        _refuse_unknown("train config", data, cls)
+        refuse_unknown_fields("train config", data, (f.name for f in fields(cls)))
         return cls(**data)
 
 
@@ -122,17 +122,8 @@ class DistillConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DistillConfig:
         """Strict load: unknown keys are refused by name; missing keys take their defaults."""
-        _refuse_unknown("distill config", data, cls)
+        refuse_unknown_fields("distill config", data, (f.name for f in fields(cls)))
         return cls(**data)
-
-
-def _refuse_unknown(where: str, data: Mapping[str, Any], cls: type) -> None:
-    if not isinstance(data, Mapping):
-        raise AutocompressError(f"{where}: expected a mapping, got {type(data).__name__}")
-    allowed = {f.name for f in fields(cls)}
-    unknown = sorted(str(k) for k in set(data) - allowed)
-    if unknown:
-        raise AutocompressError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
 
 
 def _check_int(where: str, name: str, value: Any, *, minimum: int, none_means: str | None = None) -> None:
