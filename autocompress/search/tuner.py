@@ -20,7 +20,9 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import os
 import pickle
+import signal
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -242,6 +244,21 @@ def make_scheduler(settings: SearchSettings, train_config: TrainConfig) -> Any:
 
 # -- the trainable --------------------------------------------------------------------------------
 
+KILL_ONCE_ENV = "AUTOCOMPRESS_TEST_KILL_ONCE"
+
+
+def _kill_once_for_tests() -> None:
+    # Test hook (fault tests): with AUTOCOMPRESS_TEST_KILL_ONCE=<marker path> in the workers'
+    # environment, the first trial process to claim the marker file SIGKILLs itself, once.
+    marker = os.environ.get(KILL_ONCE_ENV)
+    if not marker:
+        return
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
+
 
 def search_trainable(
     config: dict[str, Any],
@@ -258,6 +275,7 @@ def search_trainable(
     from autocompress.search.space import decode
     from autocompress.search.trial import TrialSpec, run_trial
 
+    _kill_once_for_tests()
     arch, policy = decode(space, config)
     spec = TrialSpec(
         trial_id=tune.get_context().get_trial_id(),

@@ -1,0 +1,257 @@
+"""Faults in a search: a trial worker killed mid-trial is retried; a killed driver's run is resumed.
+
+Both use a real Ray (2 CPUs), tiny data and a real SQLite store. The worker kill goes through the
+trainable's test hook (``AUTOCOMPRESS_TEST_KILL_ONCE``); the driver kill runs the search in a child
+process connected to a Ray head this test starts (and stops) on a free port.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+os.environ["RAY_AUTH_MODE"] = "disabled"
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from autocompress.measure.quality import auc
+from autocompress.search.budget import Budget
+from autocompress.search.space import SearchSpace, load_search_space
+from autocompress.search.trial import SharedResources
+from autocompress.search.tuner import KILL_ONCE_ENV, run_search
+from autocompress.spec import SearchSettings, Target
+from autocompress.store import Store, TrialStatus
+from autocompress.testing import tiny_setup
+from autocompress.train import TrainConfig, predict
+
+pytestmark = pytest.mark.slow
+
+TRAIN = TrainConfig(epochs=1, batch_size=256, lr=1e-2, early_stopping_patience=None)
+TARGET = Target(batch_sizes=[1, 64], warmup=2, repetitions=10, max_seconds=1)
+SPACE = {
+    "version": 1,
+    "family": "dlrm",
+    "arch": {
+        "embedding_dim": {"kind": "categorical", "choices": [8, 16]},
+        "bottom_mlp": {"kind": "categorical", "choices": [[], [8]]},
+        "top_mlp": {"kind": "categorical", "choices": [[16], [32]]},
+    },
+    "arch_rules": {"bottom_mlp": {"append": "embedding_dim"}},
+    "policy": [],
+    "budget": {"latency_ms": 1000.0, "batch_size": 64, "size_mb": 100.0},
+}
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _space(tmp_path: Path) -> SearchSpace:
+    file = tmp_path / "space.yaml"
+    file.write_text(yaml.safe_dump(SPACE))
+    return load_search_space("dlrm", path=file)
+
+
+def _shared(root: Path) -> SharedResources:
+    setup = tiny_setup("dlrm")
+    return SharedResources(
+        dataset=setup.dataset,
+        teacher=setup.trained,
+        reference_valid_auc=auc(setup.dataset.valid.labels, predict(setup.trained, setup.dataset.valid)),
+        target=TARGET,
+        budget=Budget(latency_ms=1000.0, batch_size=64, size_mb=100.0),
+        work_dir=root / "work",
+        cache_dir=root / "cache",
+    )
+
+
+def _settings(tmp_path: Path, **overrides: Any) -> SearchSettings:
+    base: dict[str, Any] = {
+        "searcher": "random",
+        "num_trials": 2,
+        "max_concurrent": 2,
+        "cpus_per_trial": 1.0,
+        "max_failures": 1,
+        "storage_path": str(tmp_path / "tune"),
+        "seed": 3,
+    }
+    return SearchSettings.from_dict({**base, **overrides})
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store(tmp_path / "store.db") as opened:
+        yield opened
+
+
+def test_a_trial_whose_worker_is_killed_is_retried_and_completes(tmp_path: Path, store: Store) -> None:
+    import ray
+
+    marker = tmp_path / "killed-once"
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {KILL_ONCE_ENV: str(marker)}},
+    )
+    try:
+        job = store.create_job({"name": "kill-worker"}, name="kill-worker")
+        outcome = run_search(
+            _space(tmp_path),
+            _settings(tmp_path),
+            _shared(tmp_path),
+            store=store,
+            job_id=job.id,
+            name="kill-worker",
+            train_config=TRAIN,
+        )
+    finally:
+        ray.shutdown()
+
+    assert marker.exists()  # one trial process really killed itself
+    assert [t.status for t in outcome.trials] == [TrialStatus.COMPLETED] * 2
+    rows = store.list_trials(job.id)
+    assert len(rows) == 2 and len({r.trial_key for r in rows}) == 2  # no duplicate rows
+    assert {r.trial_key for r in rows} == {t.trial_id for t in outcome.trials}
+    assert all(r.status is TrialStatus.COMPLETED and r.metrics["stage"] == "final" for r in rows)
+    assert sorted(r.attempts for r in rows) == [1, 2]  # the killed trial ran again, the other once
+    retried = next(r for r in rows if r.attempts == 2)
+    assert retried.metrics["valid_auc"] > 0.5 and retried.finished_at is not None
+    assert any("will be retried" in e.message for e in store.list_events(job.id))
+
+
+DRIVER = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+
+    import ray
+
+    sys.path.insert(0, {tests!r})
+    from test_faults import TRAIN, _settings, _shared, _space
+
+    from autocompress.search.tuner import run_search
+    from autocompress.store import Store
+
+    root = Path({root!r})
+    ray.init(address={address!r}, log_to_driver=False)
+    with Store(root / "store.db") as store:
+        run_search(
+            _space(root), _settings(root, num_trials=4, max_concurrent=1), _shared(root),
+            store=store, job_id={job_id!r}, name="driver", train_config=TRAIN,
+        )
+    print("SEARCH DONE", flush=True)
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port if port != 6379 else _free_port()
+
+
+def _wait_for_port(port: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"the Ray head did not open port {port} within {seconds}s")
+
+
+@pytest.fixture()
+def ray_head(tmp_path: Path) -> Iterator[str]:
+    """A Ray head on a free port in its own process (``--block``), stopped with it at the end."""
+    port = _free_port()
+    # its own (short: socket paths) temp dir, so the head's address file does not land in /tmp/ray,
+    # where every later ray.init() on this machine would try to connect to it
+    temp_dir = tempfile.mkdtemp(prefix="ac-ray-")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    head = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            f"--temp-dir={temp_dir}",
+            "--block",
+        ],
+        env=env,
+        stdout=(tmp_path / "ray-head.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        _wait_for_port(port, 60)
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(10)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_a_killed_driver_is_resumed_without_duplicate_trials(
+    tmp_path: Path, store: Store, ray_head: str
+) -> None:
+    job = store.create_job({"name": "driver"}, name="driver")
+    script = tmp_path / "driver.py"
+    script.write_text(
+        DRIVER.format(tests=str(Path(__file__).parent), root=str(tmp_path), address=ray_head, job_id=job.id)
+    )
+    # experiment state saved every second, so a trial that finished before the kill is known finished
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    command = [sys.executable, str(script)]
+
+    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(r.status is TrialStatus.COMPLETED for r in store.list_trials(job.id)):
+            assert first.poll() is None, "the driver ended before any trial completed"
+            assert time.monotonic() < deadline, "no trial completed within 120s"
+            time.sleep(0.5)
+        # kill once Tune has saved its experiment state after that trial finished (it saves every
+        # second here), so the restored run knows the trial is done
+        seen = time.time()
+        states = tmp_path / "tune" / "driver"
+        while max((f.stat().st_mtime for f in states.glob("experiment_state-*.json")), default=0.0) <= seen:
+            assert time.monotonic() < deadline + 30, "Tune saved no experiment state after the trial"
+            time.sleep(0.2)
+        assert first.poll() is None, "the driver finished the whole search before it could be killed"
+        first.kill()
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.wait(30)
+    before = {r.trial_key: r for r in store.list_trials(job.id) if r.status is TrialStatus.COMPLETED}
+    assert before and len(before) < 4
+
+    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "SEARCH DONE" in second.stdout
+
+    rows = store.list_trials(job.id)
+    assert len(rows) == 4 and len({r.trial_key for r in rows}) == 4  # every trial once
+    assert all(r.status is TrialStatus.COMPLETED and r.metrics["stage"] == "final" for r in rows)
+    after = {r.trial_key: r for r in rows}
+    for key, row in before.items():  # finished before the kill: kept, not rerun
+        assert after[key].attempts == 1
+        assert after[key].finished_at == row.finished_at
+    assert any("resuming" in e.message for e in store.list_events(job.id))
