@@ -13,9 +13,10 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, delete, event, func, select, text, update
 from sqlalchemy.engine import URL, Connection, make_url
@@ -40,7 +41,11 @@ from autocompress.store._records import (
 
 logger = logging.getLogger(__name__)
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 T = TypeVar("T")
+_R = TypeVar("_R", bound="DataclassInstance")
 
 DB_URL_ENV = "AUTOCOMPRESS_DB_URL"
 DEFAULT_DB_FILE = "autocompress.db"
@@ -149,68 +154,30 @@ def _page(limit: int, offset: int) -> None:
         raise AutocompressError(f"offset: {offset} must be >= 0")
 
 
+def _record(cls: type[_R], row: Any, **converted: Any) -> _R:
+    """A frozen record of an ORM row: every field of ``cls`` copied by name, ``converted`` ones given."""
+    values = {f.name: getattr(row, f.name) for f in fields(cls) if f.name not in converted}
+    return cls(**values, **converted)
+
+
 def _job_record(row: Job) -> JobRecord:
-    return JobRecord(
-        id=row.id,
-        name=row.name,
-        status=JobStatus(row.status),
-        reason=row.reason,
-        spec=row.spec,
-        idempotency_key=row.idempotency_key,
-        created_at=row.created_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        heartbeat_at=row.heartbeat_at,
-        driver_id=row.driver_id,
-        cancel_requested_by=row.cancel_requested_by,
-        result=row.result,
-    )
+    return _record(JobRecord, row, status=JobStatus(row.status))
 
 
 def _trial_record(row: Trial) -> TrialRecord:
-    return TrialRecord(
-        id=row.id,
-        job_id=row.job_id,
-        trial_key=row.trial_key,
-        status=TrialStatus(row.status),
-        config=row.config,
-        metrics=row.metrics,
-        error=row.error,
-        attempts=row.attempts,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        seconds=row.seconds,
-        updated_at=row.updated_at,
-    )
+    return _record(TrialRecord, row, status=TrialStatus(row.status))
 
 
 def _model_record(row: ModelArtifact) -> ModelRecord:
-    return ModelRecord(
-        id=row.id,
-        name=row.name,
-        job_id=row.job_id,
-        trial_id=row.trial_id,
-        path=row.path,
-        feature_schema=row.feature_schema,
-        metrics=row.metrics,
-        created_at=row.created_at,
-    )
+    return _record(ModelRecord, row)
 
 
 def _deployment_record(row: Deployment) -> DeploymentRecord:
-    return DeploymentRecord(
-        id=row.id,
-        alias=row.alias,
-        model_id=row.model_id,
-        active=row.active,
-        created_at=row.created_at,
-        replaced_at=row.replaced_at,
-        rolled_back_at=row.rolled_back_at,
-    )
+    return _record(DeploymentRecord, row)
 
 
 def _event_record(row: JobEvent) -> EventRecord:
-    return EventRecord(id=row.id, job_id=row.job_id, time=row.time, kind=row.kind, message=row.message)
+    return _record(EventRecord, row)
 
 
 def _configure_sqlite(engine: Engine, busy_timeout_s: float) -> None:
