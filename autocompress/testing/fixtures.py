@@ -35,6 +35,19 @@ class TinySetup:
         """A deep copy of the trained model, free to be compressed in place."""
         return copy.deepcopy(self.trained)
 
+    def compress(self, work_dir: Path, *steps: Any) -> Path:
+        """Apply ``steps`` (technique configs) as one policy to a fresh copy; the ONNX file's path."""
+        from autocompress.techniques.policy import Policy, apply_policy
+
+        return apply_policy(self.model(), Policy(tuple(steps)), self.context(work_dir)).onnx_path
+
+    def test_logits(self, onnx_path: Path) -> Any:
+        """ONNX Runtime logits of the test split (default target): what a compressed file scores."""
+        from autocompress.export import create_session
+        from autocompress.measure.evaluation import onnx_logits
+
+        return onnx_logits(create_session(onnx_path, Target()), self.dataset.test)
+
     def context(self, work_dir: Path, **overrides: Any) -> TechniqueContext:
         base: dict[str, Any] = {
             "schema": self.dataset.schema,

@@ -21,8 +21,8 @@ TINY_ARCH = {"embedding_dim": 16, "bottom_mlp": [32, 16], "top_mlp": [64, 32]}
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory):
     setup = tiny_setup("dlrm")
-    path = apply_policy(setup.model(), Policy(()), setup.context(tmp_path_factory.mktemp("base"))).onnx_path
-    return setup, path, _test_auc(setup, path)
+    path = setup.compress(tmp_path_factory.mktemp("base"))
+    return setup, path, auc(setup.dataset.test.labels, setup.test_logits(path))
 
 
 def _logits(path, batch):
@@ -33,10 +33,6 @@ def _logits(path, batch):
 def _test_auc(setup, path):
     test = setup.dataset.test
     return auc(test.labels, onnx_logits(create_session(path, Target()), test))
-
-
-def _quantize(setup, config, tmp_path):
-    return apply_policy(setup.model(), Policy((config,)), setup.context(tmp_path)).onnx_path
 
 
 def _quantized_gathers(path):
@@ -58,7 +54,7 @@ def _table_bytes(path, prefix):
 
 def test_int8_rows_shrink_the_big_tables_3x_at_dim_16_and_keep_auc(baseline, tmp_path):
     setup, base, base_auc = baseline
-    out = _quantize(setup, Config(), tmp_path)
+    out = setup.compress(tmp_path, Config())
     assert _quantized_gathers(out) == {
         "user_id": (8, (2002, 16)),
         "item_id": (8, (3002, 16)),
@@ -71,17 +67,17 @@ def test_int8_rows_shrink_the_big_tables_3x_at_dim_16_and_keep_auc(baseline, tmp
         assert _table_bytes(out, table) == rows * 21
     saved = (2002 + 3002) * (64 - 21)
     assert onnx_size_bytes(base) - onnx_size_bytes(out) >= 0.99 * saved
-    assert abs(_test_auc(setup, out) - base_auc) < 0.01
+    assert abs(auc(setup.dataset.test.labels, setup.test_logits(out)) - base_auc) < 0.01
 
 
 def test_4bit_rows_pack_two_codes_per_byte_and_keep_auc(baseline, tmp_path):
     setup, base, base_auc = baseline
-    out = _quantize(setup, Config(bits=4, symmetric=True), tmp_path)
+    out = setup.compress(tmp_path, Config(bits=4, symmetric=True))
     assert _quantized_gathers(out)["item_id"] == (4, (3002, 8))
     # per row: 8 bytes of packed codes + a float32 scale (symmetric: no zero point) = 12 bytes (vs 64)
     assert _table_bytes(out, "embeddings.tables.7.weight") == 3002 * 12
     assert onnx_size_bytes(base) / onnx_size_bytes(out) > 2.9  # the MLP and small tables stay float
-    assert abs(_test_auc(setup, out) - base_auc) < 0.02
+    assert abs(auc(setup.dataset.test.labels, setup.test_logits(out)) - base_auc) < 0.02
 
 
 def test_wide_tables_shrink_by_close_to_32_over_bits(tmp_path):
@@ -100,13 +96,13 @@ def test_wide_tables_shrink_by_close_to_32_over_bits(tmp_path):
 
 def test_table_bits_give_tables_their_own_width(baseline, tmp_path):
     setup, _, _ = baseline
-    out = _quantize(setup, Config(bits=8, table_bits={"item_id": 4, "user_id": 8}), tmp_path)
+    out = setup.compress(tmp_path, Config(bits=8, table_bits={"item_id": 4, "user_id": 8}))
     gathers = _quantized_gathers(out)
     assert gathers["item_id"] == (4, (3002, 8))
     assert gathers["hist_item_ids"] == (4, (3002, 8))  # the sequence shares item_id's table
     assert gathers["user_id"] == (8, (2002, 16))
 
-    kept = _quantize(setup, Config(bits=4, table_bits=[["user_id", 32], ["item_brand", 8]]), tmp_path / "b")
+    kept = setup.compress(tmp_path / "b", Config(bits=4, table_bits=[["user_id", 32], ["item_brand", 8]]))
     gathers = _quantized_gathers(kept)
     assert "user_id" not in gathers  # 32: stays float32
     assert gathers["item_brand"] == (8, (62, 16))  # named, so quantized although below min_rows
@@ -115,7 +111,7 @@ def test_table_bits_give_tables_their_own_width(baseline, tmp_path):
 
 def test_only_the_gathered_rows_are_dequantized(baseline, tmp_path):
     setup, base, _ = baseline
-    out = _quantize(setup, Config(bits=4), tmp_path)
+    out = setup.compress(tmp_path, Config(bits=4))
     graph = onnx.load(str(out)).graph
     prefixes = ("embeddings.tables.0.weight_", "embeddings.tables.7.weight_")  # codes, scales, zero points
     readers = [n for n in graph.node if any(name.startswith(prefixes) for name in n.input)]
@@ -248,7 +244,7 @@ def test_bad_configs_are_refused(data, message):
 def test_unknown_tables_are_refused_with_the_known_names(baseline, tmp_path):
     setup, _, _ = baseline
     with pytest.raises(AutocompressError) as error:
-        _quantize(setup, Config(table_bits={"itemid": 4}), tmp_path)
+        setup.compress(tmp_path, Config(table_bits={"itemid": 4}))
     assert "embedding_quantization.table_bits: unknown name(s) ['itemid']; the model has [" in str(
         error.value
     )

@@ -5,9 +5,7 @@ import pytest
 from autocompress.errors import AutocompressError
 from autocompress.export import create_session, feed
 from autocompress.measure import auc, onnx_size_bytes
-from autocompress.measure.evaluation import onnx_logits
 from autocompress.spec import Target
-from autocompress.techniques import Policy, apply_policy
 from autocompress.techniques.fp16 import Config
 from autocompress.testing import tiny_setup
 
@@ -17,16 +15,8 @@ FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory):
     setup = tiny_setup("dlrm")
-    path = apply_policy(setup.model(), Policy(()), setup.context(tmp_path_factory.mktemp("base"))).onnx_path
-    return setup, path, _test_logits(setup, path)
-
-
-def _test_logits(setup, path):
-    return onnx_logits(create_session(path, Target()), setup.dataset.test)
-
-
-def _convert(setup, config, tmp_path):
-    return apply_policy(setup.model(), Policy((config,)), setup.context(tmp_path)).onnx_path
+    path = setup.compress(tmp_path_factory.mktemp("base"))
+    return setup, path, setup.test_logits(path)
 
 
 def _elem_types(values):
@@ -35,7 +25,7 @@ def _elem_types(values):
 
 def test_weights_halve_io_types_stay_and_the_cpu_provider_runs_it(baseline, tmp_path):
     setup, base, base_logits = baseline
-    out = _convert(setup, Config(), tmp_path)
+    out = setup.compress(tmp_path, Config())
     graph = onnx.load(str(out)).graph
     types = {t.name: t.data_type for t in graph.initializer}
     assert types["embeddings.tables.7.weight"] == FLOAT16 and types["top.0.weight"] == FLOAT16
@@ -46,7 +36,7 @@ def test_weights_halve_io_types_stay_and_the_cpu_provider_runs_it(baseline, tmp_
     }
     assert _elem_types(graph.output) == {"logit": FLOAT}
     assert onnx_size_bytes(out) / onnx_size_bytes(base) == pytest.approx(0.5, abs=0.03)
-    logits = _test_logits(setup, out)  # on the CPU provider: every node has a float16 CPU kernel
+    logits = setup.test_logits(out)  # on the CPU provider: every node has a float16 CPU kernel
     labels = setup.dataset.test.labels
     assert abs(auc(labels, logits) - auc(labels, base_logits)) < 0.002
     assert np.abs(logits - base_logits).max() < 0.02
@@ -57,7 +47,7 @@ def test_blocked_op_types_and_nodes_stay_float32(baseline, tmp_path):
     config = Config(
         op_block_list=("ReduceSum", "ReduceMean", "Softmax"), node_block_list=("/top/top.4/Gemm",)
     )
-    out = _convert(setup, config, tmp_path)
+    out = setup.compress(tmp_path, config)
     graph = onnx.load(str(out)).graph
     producers = {o: n for n in graph.node for o in n.output}
     blocked = [n for n in graph.node if n.op_type == "ReduceSum" or n.name == "/top/top.4/Gemm"]
@@ -71,7 +61,7 @@ def test_blocked_op_types_and_nodes_stay_float32(baseline, tmp_path):
 
 def test_io_types_can_go_float16_too(baseline, tmp_path):
     setup, _, _ = baseline
-    out = _convert(setup, Config(keep_io_types=False), tmp_path)
+    out = setup.compress(tmp_path, Config(keep_io_types=False))
     graph = onnx.load(str(out)).graph
     assert _elem_types(graph.input)["item_price"] == FLOAT16
     assert _elem_types(graph.output) == {"logit": FLOAT16}
@@ -99,4 +89,4 @@ def test_bad_configs_are_refused(data, message):
 def test_unknown_nodes_are_refused(baseline, tmp_path):
     setup, _, _ = baseline
     with pytest.raises(AutocompressError, match=r"fp16\.node_block_list: unknown name\(s\) \['top\.4'\]"):
-        _convert(setup, Config(node_block_list=("top.4",)), tmp_path)
+        setup.compress(tmp_path, Config(node_block_list=("top.4",)))

@@ -9,7 +9,6 @@ from onnx import TensorProto, helper, numpy_helper
 from autocompress.errors import AutocompressError
 from autocompress.export import create_session, feed
 from autocompress.measure import auc, onnx_size_bytes
-from autocompress.measure.evaluation import onnx_logits
 from autocompress.spec import Target
 from autocompress.techniques import Policy, apply_policy
 from autocompress.techniques import embedding_quantization as eq
@@ -24,16 +23,8 @@ QUANTIZED["/top/top.4/Gemm"] = (32, 1)
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory):
     setup = tiny_setup("dlrm")
-    path = apply_policy(setup.model(), Policy(()), setup.context(tmp_path_factory.mktemp("base"))).onnx_path
-    return setup, path, _test_logits(setup, path)
-
-
-def _test_logits(setup, path):
-    return onnx_logits(create_session(path, Target()), setup.dataset.test)
-
-
-def _quantize(setup, config, tmp_path):
-    return apply_policy(setup.model(), Policy((config,)), setup.context(tmp_path)).onnx_path
+    path = setup.compress(tmp_path_factory.mktemp("base"))
+    return setup, path, setup.test_logits(path)
 
 
 def _nbits_nodes(graph):
@@ -42,7 +33,7 @@ def _nbits_nodes(graph):
 
 def test_dense_layers_run_on_4bit_blocks_and_keep_auc(baseline, tmp_path):
     setup, base, base_logits = baseline
-    out = _quantize(setup, Config(block_size=32), tmp_path)
+    out = setup.compress(tmp_path, Config(block_size=32))
     graph = onnx.load(str(out)).graph
     nodes = _nbits_nodes(graph)
     assert set(nodes) == {f"{name}_Q4" for name in QUANTIZED}
@@ -60,7 +51,7 @@ def test_dense_layers_run_on_4bit_blocks_and_keep_auc(baseline, tmp_path):
         assert stored == packed_bytes(k, n, 32, symmetric=False) < 4 * k * n
     saved = sum(4 * k * n - packed_bytes(k, n, 32, False) for k, n in QUANTIZED.values())
     assert onnx_size_bytes(base) - onnx_size_bytes(out) > 0.6 * saved  # less the MatMul/Add nodes
-    logits = _test_logits(setup, out)
+    logits = setup.test_logits(out)
     labels = setup.dataset.test.labels
     assert abs(auc(labels, logits) - auc(labels, base_logits)) < 0.02
     assert np.abs(logits - base_logits).mean() < 0.05
@@ -68,7 +59,7 @@ def test_dense_layers_run_on_4bit_blocks_and_keep_auc(baseline, tmp_path):
 
 def test_symmetric_small_blocks_drop_zero_points_and_compute_in_int8(baseline, tmp_path):
     setup, _, base_logits = baseline
-    out = _quantize(setup, Config(block_size=16, symmetric=True, accuracy_level=4), tmp_path)
+    out = setup.compress(tmp_path, Config(block_size=16, symmetric=True, accuracy_level=4))
     graph = onnx.load(str(out)).graph
     node = _nbits_nodes(graph)["/top/top.0/Gemm_Q4"]
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -77,12 +68,12 @@ def test_symmetric_small_blocks_drop_zero_points_and_compute_in_int8(baseline, t
     inits = {t.name: t for t in graph.initializer}
     assert list(inits[node.input[1]].dims) == [64, 7, 8]  # ceil(107 / 16) blocks of 8 bytes
     labels = setup.dataset.test.labels
-    assert abs(auc(labels, _test_logits(setup, out)) - auc(labels, base_logits)) < 0.02
+    assert abs(auc(labels, setup.test_logits(out)) - auc(labels, base_logits)) < 0.02
 
 
 def test_excluded_layers_stay_float(baseline, tmp_path):
     setup, _, _ = baseline
-    out = _quantize(setup, Config(exclude_nodes=("/top/top.4/Gemm",)), tmp_path)
+    out = setup.compress(tmp_path, Config(exclude_nodes=("/top/top.4/Gemm",)))
     graph = onnx.load(str(out)).graph
     assert "/top/top.4/Gemm_Q4" not in _nbits_nodes(graph)
     assert {n.name: n.op_type for n in graph.node}["/top/top.4/Gemm"] == "Gemm"
@@ -127,7 +118,7 @@ def test_composes_with_embedding_quantization(baseline, tmp_path):
     out = session.run(None, feed(session, setup.context(tmp_path).calibration_batch(16)))[0]
     assert out.shape == (16,)
     labels = setup.dataset.test.labels
-    assert abs(auc(labels, _test_logits(setup, result.onnx_path)) - auc(labels, base_logits)) < 0.03
+    assert abs(auc(labels, setup.test_logits(result.onnx_path)) - auc(labels, base_logits)) < 0.03
 
 
 def test_loading_the_quantizer_leaves_the_process_logging_alone():
@@ -159,4 +150,4 @@ def test_unknown_nodes_are_refused(baseline, tmp_path):
     with pytest.raises(
         AutocompressError, match=r"int4_matmul\.exclude_nodes: unknown name\(s\) \['top\.4'\]"
     ):
-        _quantize(setup, Config(exclude_nodes=("top.4",)), tmp_path)
+        setup.compress(tmp_path, Config(exclude_nodes=("top.4",)))

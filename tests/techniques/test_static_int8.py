@@ -4,11 +4,7 @@ import pytest
 from onnx import numpy_helper
 
 from autocompress.errors import AutocompressError
-from autocompress.export import create_session
 from autocompress.measure import auc, onnx_size_bytes
-from autocompress.measure.evaluation import onnx_logits
-from autocompress.spec import Target
-from autocompress.techniques import Policy, apply_policy
 from autocompress.techniques.static_int8 import Config
 from autocompress.testing import tiny_setup
 
@@ -27,16 +23,8 @@ GEMM_WEIGHTS = 2 * 32 + 32 * 16 + 107 * 64 + 64 * 32 + 32 * 1
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory):
     setup = tiny_setup("dlrm")
-    path = apply_policy(setup.model(), Policy(()), setup.context(tmp_path_factory.mktemp("base"))).onnx_path
-    return setup, path, _test_auc(setup, path)
-
-
-def _test_auc(setup, path):
-    return auc(setup.dataset.test.labels, onnx_logits(create_session(path, Target()), setup.dataset.test))
-
-
-def _quantize(setup, config, tmp_path):
-    return apply_policy(setup.model(), Policy((config,)), setup.context(tmp_path)).onnx_path
+    path = setup.compress(tmp_path_factory.mktemp("base"))
+    return setup, path, auc(setup.dataset.test.labels, setup.test_logits(path))
 
 
 def _producers(graph):
@@ -59,7 +47,7 @@ def _activation_scale(graph, tensor):
 
 def test_inserts_qdq_pairs_around_the_dense_layers_and_keeps_auc(baseline, tmp_path):
     setup, base, base_auc = baseline
-    out = _quantize(setup, Config(), tmp_path)
+    out = setup.compress(tmp_path, Config())
     graph = onnx.load(str(out)).graph
     for gemm in GEMMS:
         assert _dequantized_inputs(graph, gemm) == [True, True, True]  # activation, int8 weight, int32 bias
@@ -70,13 +58,13 @@ def test_inserts_qdq_pairs_around_the_dense_layers_and_keeps_auc(baseline, tmp_p
     # ~10 KB, a fixed cost that is noise on a real model
     saved = onnx_size_bytes(base) - onnx_size_bytes(out)
     assert 0.5 * 3 * GEMM_WEIGHTS < saved < 3 * GEMM_WEIGHTS
-    assert abs(_test_auc(setup, out) - base_auc) < 0.01
+    assert abs(auc(setup.dataset.test.labels, setup.test_logits(out)) - base_auc) < 0.01
 
 
 @pytest.mark.parametrize("rows", [256, 2048])
 def test_activation_ranges_come_from_the_calibration_rows(baseline, tmp_path, rows):
     setup, _, _ = baseline
-    out = _quantize(setup, Config(calibrate_method="MinMax", calibration_rows=rows), tmp_path)
+    out = setup.compress(tmp_path, Config(calibrate_method="MinMax", calibration_rows=rows))
     graph = onnx.load(str(out)).graph
     # bottom.0 reads the dense features stacked: its uint8 range is theirs over the calibration rows
     batch = setup.context(tmp_path).calibration_batch(rows)
@@ -88,7 +76,7 @@ def test_activation_ranges_come_from_the_calibration_rows(baseline, tmp_path, ro
 def test_entropy_calibration_clips_ranges_that_min_max_keeps_whole(baseline, tmp_path):
     setup, _, _ = baseline
     graphs = {
-        method: onnx.load(str(_quantize(setup, Config(calibrate_method=method), tmp_path / method))).graph
+        method: onnx.load(str(setup.compress(tmp_path / method, Config(calibrate_method=method)))).graph
         for method in ("MinMax", "Entropy")
     }
     tensors = [n.input[0] for n in graphs["MinMax"].node if n.op_type == "QuantizeLinear"]
@@ -102,7 +90,7 @@ def test_entropy_calibration_clips_ranges_that_min_max_keeps_whole(baseline, tmp
 
 def test_per_channel_weights_get_one_scale_per_output_and_gather_quantizes_tables(baseline, tmp_path):
     setup, base, base_auc = baseline
-    out = _quantize(setup, Config(per_channel=True, op_types=("MatMul", "Gemm", "Gather")), tmp_path)
+    out = setup.compress(tmp_path, Config(per_channel=True, op_types=("MatMul", "Gemm", "Gather")))
     graph = onnx.load(str(out)).graph
     inits = {t.name: t for t in graph.initializer}
     producers = _producers(graph)
@@ -113,12 +101,12 @@ def test_per_channel_weights_get_one_scale_per_output_and_gather_quantizes_table
     assert len(tables) == 11  # Gather's table shares the activation type (uint8 here), one scale per table
     assert all(t.data_type == onnx.TensorProto.UINT8 for t in tables)
     assert onnx_size_bytes(out) < 0.35 * onnx_size_bytes(base)
-    assert abs(_test_auc(setup, out) - base_auc) < 0.01
+    assert abs(auc(setup.dataset.test.labels, setup.test_logits(out)) - base_auc) < 0.01
 
 
 def test_excluded_nodes_stay_float(baseline, tmp_path):
     setup, _, _ = baseline
-    out = _quantize(setup, Config(exclude_nodes=("/top/top.4/Gemm",)), tmp_path)
+    out = setup.compress(tmp_path, Config(exclude_nodes=("/top/top.4/Gemm",)))
     graph = onnx.load(str(out)).graph
     assert _dequantized_inputs(graph, "/top/top.4/Gemm") == [False, False, False]
     assert _dequantized_inputs(graph, "/top/top.2/Gemm") == [True, True, True]
@@ -144,4 +132,4 @@ def test_unknown_nodes_are_refused(baseline, tmp_path):
     with pytest.raises(
         AutocompressError, match=r"static_int8\.exclude_nodes: unknown name\(s\) \['/top/Gemm'\]"
     ):
-        _quantize(setup, Config(exclude_nodes=("/top/Gemm",)), tmp_path)
+        setup.compress(tmp_path, Config(exclude_nodes=("/top/Gemm",)))
