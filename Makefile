@@ -21,8 +21,8 @@ run: $(STAMP)
 	$(VENV)/bin/autocompress run
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check autocompress tests benchmarks
-	$(VENV)/bin/ruff format --check autocompress tests benchmarks
+	$(VENV)/bin/ruff check autocompress serve_app tests benchmarks
+	$(VENV)/bin/ruff format --check autocompress serve_app tests benchmarks
 	$(VENV)/bin/mypy
 
 test: lint

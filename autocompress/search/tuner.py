@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from autocompress.errors import AutocompressError
+from autocompress.search.cancel import CancelStopper, raise_if_cancelled
 from autocompress.search.recording import TrialRecorder, finished_status, trial_metrics
 from autocompress.search.space import SearchSpace
 from autocompress.search.trial import SharedResources
@@ -368,12 +369,14 @@ def run_search(
                 storage_path=str(storage),
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 callbacks=[recorder],
+                stop=CancelStopper(store, job_id),
                 verbose=0,
             ),
         )
     experiment.mkdir(parents=True, exist_ok=True)
     owner_file.write_text(json.dumps({"job_id": job_id}))
     grid = tuner.fit()
+    raise_if_cancelled(store, job_id)  # a cancelled job ends here: no winner, report or registration
     trials = []
     for index in range(len(grid)):
         result = grid[index]
