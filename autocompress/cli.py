@@ -143,15 +143,37 @@ def _print_report(report: Any) -> None:
 def run(
     scale: Scale = "default",
     rows: Rows = None,
-    epochs: Annotated[int, typer.Option(help="training epochs")] = 2,
-    out: Annotated[Path, typer.Option(help="where the model and report go")] = Path("runs/reference-dlrm"),
+    trials: Annotated[int | None, typer.Option(help="trials to search (default: the job's 6)")] = None,
+    db: Annotated[
+        str | None, typer.Option(help="database URL (default: AUTOCOMPRESS_DB_URL or ./autocompress.db)")
+    ] = None,
+    work_dir: Annotated[Path, typer.Option(help="where trials, reports and artifacts go")] = Path("runs"),
 ) -> None:
-    """Train the reference DLRM on the embedded synthetic data, export it, and print its figures."""
-    from autocompress.train import TrainConfig
+    """The default job (examples/default_job.yaml): a DLRM `realtime` search on the embedded data.
 
-    dataset = _dataset("synthetic", scale, None, None, rows)
-    config = TrainConfig(epochs=epochs, batch_size=2048, lr=2e-3, early_stopping_patience=1, seed=0)
-    _train_and_print(dataset, "dlrm", None, config, out, threads=1)
+    Trains the reference, searches architecture and compression policy with Ray Tune under the
+    preset's latency budget, and prints the winner next to fp32 ONNX and ONNX Runtime dynamic int8
+    on the test split, with the report's path.
+    """
+    from autocompress.job import DEFAULT_JOB_FILE, load_job_spec
+    from autocompress.store import Store, default_store_url
+
+    if rows is not None and rows < 1:
+        raise AutocompressError(f"--rows must be a positive integer, got {rows}")
+    if trials is not None and trials < 1:
+        raise AutocompressError(f"--trials must be a positive integer, got {trials}")
+    job_spec = load_job_spec(DEFAULT_JOB_FILE)
+    dataset = job_spec.dataset.model_copy(
+        update={
+            "scale": scale,
+            "options": {**job_spec.dataset.options, **({"n_rows": rows} if rows is not None else {})},
+        }
+    )
+    search = job_spec.search.model_copy(update={"num_trials": trials or job_spec.search.num_trials})
+    job_spec = type(job_spec).from_dict(
+        {**job_spec.to_dict(), "dataset": dataset.model_dump(), "search": search.model_dump()}, where="run"
+    )
+    _search_and_print(job_spec, Store(db or default_store_url()), work_dir, address=None)
 
 
 @app.command()
@@ -237,34 +259,41 @@ def evaluate(
 @app.command()
 @_user_errors
 def search(
-    spec: Annotated[Path, typer.Option("--spec", help="the job spec (YAML or JSON)")],
+    spec: Annotated[Path | None, typer.Option("--spec", help="the job spec (YAML or JSON)")] = None,
+    job_id: Annotated[
+        str | None,
+        typer.Option(
+            "--job-id", help="run a recorded job (PENDING, or RUNNING to resume it); spec from the store"
+        ),
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    ] = None,
     db: Annotated[
         str | None, typer.Option(help="database URL (default: AUTOCOMPRESS_DB_URL or ./autocompress.db)")
     ] = None,
     work_dir: Annotated[Path, typer.Option(help="where trials, reports and artifacts go")] = Path("runs"),
 ) -> None:
-    """Run a search job locally on Ray: reference, search, winner, test comparison, report."""
-    import os
+    """Run a search job on Ray: reference, search, winner, test comparison, report.
 
-    from autocompress.job import load_job_spec
-    from autocompress.runner import run_job
+    With ``--job-id`` this is the driver the REST API launches (and what ``ray job submit --
+    autocompress search --job-id ID`` runs): the job's spec comes from the database.
+    """
+    from autocompress.job import JobSpec, load_job_spec
     from autocompress.store import Store, default_store_url
 
-    job_spec = load_job_spec(spec)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if (spec is None) == (job_id is None):
+        raise AutocompressError("give either --spec FILE (a new job) or --job-id ID (a recorded job)")
     store = Store(db or default_store_url())
-    with console.status(f"searching: {job_spec.name} ({job_spec.search.num_trials} trials) ..."):
-        result = run_job(job_spec, store, work_dir)
-    _print_comparison(result.rows, f"job {result.job_id}: test split, {job_spec.family}")
-    progress = store.job_progress(result.job_id)
-    console.print(f"trials: {progress.done} done, {progress.failed} failed")
-    if result.reason:
-        console.print(f"[bold yellow]{result.reason}[/]: see the closest candidates in the report")
-    console.print(f"report: {result.report_path}")
+    if job_id is not None:
+        job = store.get_job(job_id)
+        if job.status.terminal:
+            raise AutocompressError(f"--job-id: job {job_id} is already {job.status.value}; nothing to run")
+        job_spec = JobSpec.from_dict(job.spec, where=f"job {job_id}: spec")
+    else:
+        assert spec is not None
+        job_spec = load_job_spec(spec)
+    _search_and_print(job_spec, store, work_dir, address=address, job_id=job_id)
 
 
 @app.command()
@@ -314,6 +343,82 @@ def data_generate(
     )
 
 
+def _search_and_print(
+    job_spec: Any, store: Any, work_dir: Path, *, address: str | None, job_id: str | None = None
+) -> Any:
+    """Run one job on Ray with live progress (trials done / running / failed, best so far); print its end."""
+    import os
+    import threading
+
+    from autocompress.runner import run_job
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if job_id is None:
+        job_id = store.create_job(job_spec.to_dict(), name=job_spec.name).id
+    console.print(f"job {job_id}: {job_spec.name}, {job_spec.family}, {job_spec.search.num_trials} trials")
+    finished = threading.Event()
+    with Progress(
+        TextColumn("[bold]trials"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("search", total=job_spec.search.num_trials, status="starting")
+
+        def follow() -> None:
+            while not finished.wait(2.0):
+                try:
+                    progress.update(task, **_progress_fields(store, job_id))
+                except Exception:  # the display must never end the job
+                    continue
+
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
+        try:
+            result = run_job(job_spec, store, work_dir, job_id=job_id)
+        finally:
+            finished.set()
+            follower.join()
+    if result.status == "CANCELLED":
+        console.print(f"job {result.job_id}: {result.reason}")
+        return result
+    _print_comparison(result.rows, f"job {result.job_id}: test split, {job_spec.family}")
+    counts = store.job_progress(result.job_id)
+    console.print(f"trials: {counts.done} done, {counts.failed} failed")
+    if result.reason:
+        console.print(f"[bold yellow]{result.reason}[/]: see the closest candidates in the report")
+    console.print(f"report: {result.report_path}")
+    return result
+
+
+def _progress_fields(store: Any, job_id: str) -> dict[str, Any]:
+    """The progress bar's state: trials finished, the latest log line, and the best feasible so far."""
+    from autocompress.search.pareto import Candidate, select_winner
+    from autocompress.store import TrialStatus
+
+    counts = store.job_progress(job_id)
+    trials = store.list_trials(job_id)
+    finished = [
+        Candidate.from_metrics(t.trial_key, t.metrics)
+        for t in trials
+        if t.status is TrialStatus.COMPLETED and "feasible" in t.metrics
+    ]
+    winner = select_winner(finished).winner if finished else None
+    events = store.list_events(job_id)
+    status = f"running {counts.running}, failed {counts.failed}"
+    if winner is not None:
+        status += f"; best within budget: valid AUC {winner.valid_auc:.4f}, {winner.latency_ms:.2f} ms"
+    elif events:
+        status += f"; {events[-1].message[:60]}"
+    return {"completed": counts.done + counts.failed, "status": status}
+
+
 def _print_comparison(rows: list[dict[str, Any]], title: str) -> None:
     """The winner next to fp32 ONNX and ORT dynamic int8, as ``run_job`` measured them."""
     table = RichTable(title=title)
@@ -343,6 +448,11 @@ def _json_option(name: str, text: str | None) -> dict[str, Any] | None:
         raise AutocompressError(f"{name} must be a JSON object, got {type(value).__name__}")
     return value
 
+
+from autocompress.cli_remote import jobs_app, models_app  # noqa: E402  (after _user_errors: they use it)
+
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(models_app, name="models")
 
 if __name__ == "__main__":
     app()

@@ -18,6 +18,8 @@ from autocompress.search.budget import Budget
 from autocompress.spec import SearchSettings, SpecModel, Target
 
 JOB_SPEC_VERSION: Literal[1] = 1
+# the job `make run` (`autocompress run`) runs; next to the package, like search_spaces/
+DEFAULT_JOB_FILE = Path(__file__).resolve().parent.parent / "examples" / "default_job.yaml"
 
 
 class JobSpec(SpecModel):

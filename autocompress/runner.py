@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,15 +146,28 @@ class JobResult:
 def run_job(spec: Any, store: Any, work_dir: str | Path, *, job_id: str | None = None) -> JobResult:
     """Run one search job end to end and record it: reference, search, winner, test comparison, report.
 
-    The job is RUNNING while it works and ends SUCCEEDED (with reason "no feasible model" when no
-    candidate meets the budget) or FAILED with the error text; nothing already recorded is lost.
+    The job is RUNNING while it works (its heartbeat beating) and ends SUCCEEDED (with reason "no
+    feasible model" when no candidate meets the budget), FAILED with the error text, or CANCELLED
+    ("cancelled by X") when its cancel is requested: the search stops, its running trials end
+    STOPPED and no winner is registered. Nothing already recorded is lost.
     """
+    from autocompress.search.cancel import JobCancelled, heartbeat
     from autocompress.store import JobStatus
 
     job = store.get_job(job_id) if job_id is not None else store.create_job(spec.to_dict(), name=spec.name)
-    store.set_job_status(job.id, JobStatus.RUNNING)
+    if job.status is not JobStatus.RUNNING:  # RUNNING: a launcher claimed it, or a lost driver's job resumes
+        store.set_job_status(job.id, JobStatus.RUNNING)
     try:
-        result = _search_job(spec, store, Path(work_dir) / job.id, job.id)
+        with heartbeat(store, job.id):
+            if job.cancel_requested_by is not None:
+                raise JobCancelled(job.id, job.cancel_requested_by)
+            result = _search_job(spec, store, Path(work_dir) / job.id, job.id)
+    except JobCancelled as cancelled:
+        reason = f"cancelled by {cancelled.by}"
+        store.set_job_status(job.id, JobStatus.CANCELLED, reason=reason)
+        return JobResult(
+            job_id=job.id, status="CANCELLED", reason=reason, winner_trial=None, rows=[], report_path=None
+        )
     except Exception as exc:
         store.set_job_status(job.id, JobStatus.FAILED, reason=f"{type(exc).__name__}: {exc}")
         raise
@@ -162,29 +175,101 @@ def run_job(spec: Any, store: Any, work_dir: str | Path, *, job_id: str | None =
         job.id,
         JobStatus.SUCCEEDED,
         reason=result.reason,
-        result={"winner_trial": result.winner_trial, "rows": result.rows, "report": result.report_path},
+        result={
+            "winner_trial": result.winner_trial,
+            "rows": result.rows,
+            "report": result.report_path,
+            "model_id": result.model_id,
+        },
     )
     return result
 
 
-def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
-    import copy
-    import shutil
+@dataclass
+class Reference:
+    """The job's reference model: trained once, the teacher of every trial and the fp32 baseline."""
 
-    from autocompress.data.registry import load_dataset
-    from autocompress.export import create_session, export_onnx
+    model: Any
+    valid_auc: float
+    onnx_path: Path
+
+
+def train_reference(family: str, dataset: Dataset, train_config: TrainConfig, work: Path) -> Reference:
+    """Train the family's reference architecture on the full train split and export it (fp32 ONNX)."""
+    from autocompress.export import export_onnx
+    from autocompress.models import build
+    from autocompress.train import fit
+
+    model = build(family, dataset.schema)
+    result = fit(model, dataset.train, dataset.valid, train_config)
+    model = model.cpu().eval()
+    path = export_onnx(model, dataset.schema, work / "reference.onnx").path
+    return Reference(model=model, valid_auc=result.best_valid_auc, onnx_path=path)
+
+
+def baseline_models(reference: Reference, dataset: Dataset, work: Path) -> dict[str, Path]:
+    """What a user would ship without autocompress: fp32 ONNX and ONNX Runtime dynamic int8 of it."""
+    import copy
+
+    from autocompress.techniques import Policy, TechniqueContext, apply_policy
+
+    int8 = Policy.from_dict(
+        {"steps": [{"technique": "dynamic_int8", "op_types": ["MatMul", "Gemm", "Gather"]}]}
+    )
+    int8_path = apply_policy(
+        copy.deepcopy(reference.model),
+        int8,
+        TechniqueContext(schema=dataset.schema, work_dir=work / "ort-dynamic-int8"),
+    ).onnx_path
+    return {"onnx_fp32": reference.onnx_path, "ort_dynamic_int8": int8_path}
+
+
+def compare_on_test(
+    models: Mapping[str, Path], dataset: Dataset, target: Target, budget: Any, cache_dir: Path
+) -> list[dict[str, Any]]:
+    """Test AUC, size and latency of each model, and each one's ratios to ``onnx_fp32`` (which must be there).
+
+    Latency is measured with ``measure_exclusively`` on ``target`` at 1 (when the target has it) and
+    the budget's batch size; ``speedup_b256`` compares p50 at that batch size.
+    """
+    from autocompress.export import create_session
     from autocompress.measure import measure_exclusively, onnx_size_bytes
     from autocompress.measure.evaluation import onnx_logits
     from autocompress.measure.quality import auc
-    from autocompress.models import build
+
+    rows: list[dict[str, Any]] = []
+    for name, path in models.items():
+        session = create_session(path, target)
+        latency = measure_exclusively(path, dataset.schema, target, cache_dir=cache_dir)
+        rows.append(
+            {
+                "name": name,
+                "test_auc": auc(dataset.test.labels, onnx_logits(session, dataset.test)),
+                "size_mb": onnx_size_bytes(path) / 1e6,
+                "p50_ms_b1": latency.at(1, 50) if 1 in target.batch_sizes else None,
+                "p99_ms_b256": latency.at(budget.batch_size, 99),
+                "p50_ms_b256": latency.at(budget.batch_size, 50),
+            }
+        )
+    base = next(r for r in rows if r["name"] == "onnx_fp32")
+    for r in rows:
+        r["delta_auc"] = r["test_auc"] - base["test_auc"]
+        r["size_ratio"] = base["size_mb"] / r["size_mb"]
+        r["speedup_b256"] = base["p50_ms_b256"] / r["p50_ms_b256"]
+    return rows
+
+
+def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
+    import shutil
+
+    from autocompress.data.registry import load_dataset
+    from autocompress.measure import onnx_size_bytes
     from autocompress.report import html_report, pareto_plot
     from autocompress.search.pareto import Candidate, select_winner
     from autocompress.search.space import load_search_space
     from autocompress.search.trial import SharedResources
     from autocompress.search.tuner import run_search
     from autocompress.store import TrialStatus
-    from autocompress.techniques import Policy, TechniqueContext, apply_policy
-    from autocompress.train import fit
 
     work.mkdir(parents=True, exist_ok=True)
     space = load_search_space(spec.family, spec.preset, spec.search_space)
@@ -197,19 +282,16 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
     store.add_event(job_id, "log", f"loading data ({spec.dataset.kind})")
     dataset = load_dataset(spec.dataset)
     store.add_event(job_id, "log", "training the reference model (the teacher and fp32 baseline)")
-    reference = build(spec.family, dataset.schema)
-    reference_fit = fit(reference, dataset.train, dataset.valid, train_config)
-    reference = reference.cpu().eval()
-    fp32_path = export_onnx(reference, dataset.schema, work / "reference.onnx").path
+    reference = train_reference(spec.family, dataset, train_config, work)
     shared = SharedResources(
         dataset=dataset,
-        teacher=reference,
-        reference_valid_auc=reference_fit.best_valid_auc,
+        teacher=reference.model,
+        reference_valid_auc=reference.valid_auc,
         target=target,
         budget=budget,
         work_dir=work / "trials",
         cache_dir=work / "latency-cache",
-        reference_size_bytes=onnx_size_bytes(fp32_path),
+        reference_size_bytes=onnx_size_bytes(reference.onnx_path),
     )
     store.add_event(job_id, "log", f"searching {space.name} with {spec.search.searcher}")
     outcome = run_search(
@@ -230,35 +312,11 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
     selection = select_winner(finished)
 
     # the test split decides the comparison: the winner next to fp32 and ORT dynamic int8
-    int8_path = apply_policy(
-        copy.deepcopy(reference),
-        Policy.from_dict(
-            {"steps": [{"technique": "dynamic_int8", "op_types": ["MatMul", "Gemm", "Gather"]}]}
-        ),
-        TechniqueContext(schema=dataset.schema, work_dir=work / "ort-dynamic-int8"),
-    ).onnx_path
-    models = {"onnx_fp32": fp32_path, "ort_dynamic_int8": int8_path}
+    store.add_event(job_id, "log", "measuring the winner and the baselines on the test split")
+    models = baseline_models(reference, dataset, work)
     if selection.winner is not None:
         models = {"winner": Path(str(selection.winner.metrics["onnx_path"])), **models}
-    rows: list[dict[str, Any]] = []
-    for name, path in models.items():
-        session = create_session(path, target)
-        latency = measure_exclusively(path, dataset.schema, target, cache_dir=shared.cache_dir)
-        rows.append(
-            {
-                "name": name,
-                "test_auc": auc(dataset.test.labels, onnx_logits(session, dataset.test)),
-                "size_mb": onnx_size_bytes(path) / 1e6,
-                "p50_ms_b1": latency.at(1, 50) if 1 in target.batch_sizes else None,
-                "p99_ms_b256": latency.at(budget.batch_size, 99),
-                "p50_ms_b256": latency.at(budget.batch_size, 50),
-            }
-        )
-    base = next(r for r in rows if r["name"] == "onnx_fp32")
-    for r in rows:
-        r["delta_auc"] = r["test_auc"] - base["test_auc"]
-        r["size_ratio"] = base["size_mb"] / r["size_mb"]
-        r["speedup_b256"] = base["p50_ms_b256"] / r["p50_ms_b256"]
+    rows = compare_on_test(models, dataset, target, budget, shared.cache_dir)
 
     plot = pareto_plot(finished, selection, work / "pareto.png", budget_latency_ms=budget.latency_ms)
     report = html_report(

@@ -64,7 +64,10 @@ class Target(SpecModel):
 
     Latency budgets are checked against measurements taken with exactly these settings (execution
     provider, threads, graph optimisation, batch sizes), at ``percentile`` of ``repetitions`` timed
-    runs after ``warmup`` untimed ones, each batch size measured for at most ``max_seconds``.
+    runs after ``warmup`` untimed ones, each batch size measured for at most ``max_seconds``. Each
+    percentile is the median of that percentile over ``rounds`` consecutive slices of the runs: a
+    burst of load from outside the measurement (a neighbour's training step) spoils one slice, not
+    the figure.
     """
 
     device: Device = "cpu"
@@ -82,6 +85,11 @@ class Target(SpecModel):
     warmup: int = Field(default=20, ge=0)
     repetitions: int = Field(default=200, ge=1)
     max_seconds: float = Field(default=10.0, gt=0)
+    rounds: int = Field(
+        default=3,
+        ge=1,
+        description="percentiles are the median over this many consecutive slices of the timed runs",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -1,6 +1,8 @@
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
 from autocompress.cli import app
@@ -8,9 +10,24 @@ from autocompress.cli import app
 runner = CliRunner()
 
 
-def test_run_prints_the_table_and_writes_the_report(tmp_path):
+def test_train_prints_the_table_and_writes_the_report(tmp_path):
     out = tmp_path / "ref"
-    result = runner.invoke(app, ["run", "--scale", "tiny", "--epochs", "1", "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--scale",
+            "tiny",
+            "--epochs",
+            "1",
+            "--lr",
+            "0.005",
+            "--batch-size",
+            "512",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     for label in (
         "test AUC",
@@ -32,6 +49,43 @@ def test_run_prints_the_table_and_writes_the_report(tmp_path):
     assert f"{report['test']['auc']:.4f}" in evaluated.output  # same data, same model, same AUC
 
 
+@pytest.mark.slow
+def test_run_searches_the_default_job_and_records_it(tmp_path):
+    import ray
+
+    from autocompress.store import JobStatus, Store
+
+    db = tmp_path / "jobs.db"
+    try:
+        result = runner.invoke(
+            app,
+            [
+                "run",
+                "--scale",
+                "tiny",
+                "--trials",
+                "2",
+                "--db",
+                str(db),
+                "--work-dir",
+                str(tmp_path / "runs"),
+            ],
+        )
+    finally:
+        ray.shutdown()
+    assert result.exit_code == 0, result.output
+    assert "onnx_fp32" in result.output and "ort_dynam" in result.output and "report: " in result.output
+    with Store(db) as store:
+        (job,) = store.list_jobs()
+        assert job.name == "default-dlrm-realtime" and job.status is JobStatus.SUCCEEDED
+        assert job.spec["dataset"]["scale"] == "tiny" and job.spec["preset"] == "realtime"
+        assert len(store.list_trials(job.id)) == 2
+        report = Path(job.result["report"])
+        assert report.is_file() and (report.parent / "pareto.png").is_file()
+        rows = {r["name"]: r for r in job.result["rows"]}
+        assert rows["ort_dynamic_int8"]["size_ratio"] > 2  # int8 tables really shrink the reference
+
+
 def test_data_generate_streams_parquet(tmp_path):
     result = runner.invoke(
         app, ["data", "generate", "--out", str(tmp_path), "--scale", "tiny", "--rows", "3000"]
@@ -46,7 +100,9 @@ def test_data_generate_streams_parquet(tmp_path):
 def test_user_errors_are_one_line_naming_the_field(tmp_path):
     cases = [
         (["train", "--family", "nope"], "unknown model family 'nope'; known: ['dlrm'"),
-        (["run", "--scale", "tiny", "--rows", "0"], "synthetic.n_rows must be a positive integer"),
+        (["train", "--scale", "tiny", "--rows", "0"], "synthetic.n_rows must be a positive integer"),
+        (["run", "--scale", "tiny", "--rows", "0"], "--rows must be a positive integer, got 0"),
+        (["run", "--trials", "0"], "--trials must be a positive integer, got 0"),
         (["train", "--dataset", "criteo", "--path", str(tmp_path / "missing.tsv")], "does not exist"),
         (["train", "--dataset", "criteo"], "dataset.path is required"),
         (["train", "--arch", "{not json"], "--arch is not valid JSON"),

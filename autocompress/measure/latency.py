@@ -76,7 +76,7 @@ def measure_latency(
     for batch_size in target.batch_sizes:
         inputs = feed(session, schema.example_batch(batch_size, seed=seed))
         timings_ns = _timed_runs(functools.partial(session.run, None, inputs), target)
-        rows.append(_summarise(batch_size, np.asarray(timings_ns, dtype=np.float64) / 1e6))
+        rows.append(_summarise(batch_size, np.asarray(timings_ns, dtype=np.float64) / 1e6, target.rounds))
     return LatencyReport(rows=tuple(rows), target=target)
 
 
@@ -100,7 +100,9 @@ def measure_torch_latency(
                 example = schema.example_batch(batch_size, seed=seed)
                 inputs = {name: torch.from_numpy(example[name]) for name in schema.feature_names}
                 timings_ns = _timed_runs(functools.partial(model, inputs), target)
-                rows.append(_summarise(batch_size, np.asarray(timings_ns, dtype=np.float64) / 1e6))
+                rows.append(
+                    _summarise(batch_size, np.asarray(timings_ns, dtype=np.float64) / 1e6, target.rounds)
+                )
     finally:
         torch.set_num_threads(threads)
     return LatencyReport(rows=tuple(rows), target=target)
@@ -131,8 +133,12 @@ def _timed_runs(run: Callable[[], object], target: Target) -> list[int]:
     return timings
 
 
-def _summarise(batch_size: int, ms: np.ndarray) -> LatencyRow:
-    p50, p95, p99 = (float(v) for v in np.percentile(ms, PERCENTILES))
+def _summarise(batch_size: int, ms: np.ndarray, rounds: int = 1) -> LatencyRow:
+    # each percentile is the median over ``rounds`` consecutive slices of the runs, so one burst of
+    # outside load (clustered in time) cannot decide a budget on its own
+    slices = np.array_split(ms, min(rounds, len(ms)))
+    per_round = np.array([np.percentile(part, PERCENTILES) for part in slices])
+    p50, p95, p99 = (float(v) for v in np.median(per_round, axis=0))
     mean = float(ms.mean())
     std = float(ms.std(ddof=1)) if len(ms) > 1 else 0.0
     return LatencyRow(

@@ -110,8 +110,19 @@ def macs_per_example(path: str | Path) -> int:
     The batch axis is fixed to 1 and ONNX shape inference run; MatMul, Gemm, MatMulInteger,
     QLinearMatMul, MatMulNBits, Conv, ConvInteger and QLinearConv count M*K*N (Conv: output size
     times kernel size times input channels per group); embedding lookups (Gather) and elementwise
-    ops count 0, so the figure compares float and quantized graphs of one model.
+    ops count 0, so the figure compares float and quantized graphs of one model. Where shape
+    inference fails or leaves a needed shape unknown (some contrib-op graphs), the shapes come from
+    one ONNX Runtime run at batch 1 instead.
     """
+    try:
+        model, shapes = _inferred_shapes(path)
+        return sum(_node_macs(node, shapes, str(path)) for node in model.graph.node)
+    except AutocompressError:
+        model, shapes = _run_shapes(path)
+        return sum(_node_macs(node, shapes, str(path)) for node in model.graph.node)
+
+
+def _inferred_shapes(path: str | Path) -> tuple[onnx.ModelProto, dict[str, list[int | None]]]:
     model = _load_header(path)
     graph = model.graph
     initializer_names = {i.name for i in graph.initializer}
@@ -135,7 +146,43 @@ def macs_per_example(path: str | Path) -> int:
             ]
     for init in inferred.graph.initializer:
         shapes[init.name] = [int(d) for d in init.dims]
-    return sum(_node_macs(node, shapes, str(path)) for node in inferred.graph.node)
+    return inferred, shapes
+
+
+def _run_shapes(path: str | Path) -> tuple[onnx.ModelProto, dict[str, list[int | None]]]:
+    """Every tensor's shape from one ONNX Runtime run at batch 1, zeros fed (index 0 is padding)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    _load_header(path)  # the clear errors for a missing or unreadable file
+    model = onnx.load(str(path))
+    known = {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        model.graph.output.extend(
+            onnx.helper.make_empty_tensor_value_info(name)
+            for name in node.output
+            if name and name not in known
+        )
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        feed = {
+            i.name: np.zeros(
+                [d if isinstance(d, int) else 1 for d in i.shape],
+                dtype=np.int64 if i.type == "tensor(int64)" else np.float32,
+            )
+            for i in session.get_inputs()
+        }
+        names = [o.name for o in session.get_outputs()]
+        values = session.run(names, feed)
+    except Exception as exc:
+        raise AutocompressError(f"{str(path)!r}: cannot run the graph to find its shapes: {exc}") from None
+    shapes: dict[str, list[int | None]] = {
+        name: list(np.shape(v)) for name, v in zip(names, values, strict=True)
+    }
+    for init in model.graph.initializer:
+        shapes[init.name] = [int(d) for d in init.dims]
+    return model, shapes
 
 
 def _infer_shapes(model: onnx.ModelProto, where: str) -> onnx.ModelProto:

@@ -109,6 +109,21 @@ def test_macs_of_matmul_and_of_its_int4_form(tmp_path: Path) -> None:
     assert macs_per_example(int4) == 32 * 32 + 32 * 16
 
 
+def test_macs_where_shape_inference_fails_come_from_a_run(tmp_path: Path) -> None:
+    # 4-bit tables (GatherBlockQuantized) in a DLRM trip ONNX Runtime's symbolic shape inference
+    # (an assertion in its Concat rule); the count falls back to shapes from one real run
+    from autocompress.measure.size import _inferred_shapes
+    from autocompress.techniques.embedding_quantization import Config as EmbeddingQuantization
+    from autocompress.testing import tiny_setup
+
+    setup = tiny_setup("dlrm")
+    plain = setup.compress(tmp_path / "plain")
+    four_bit = setup.compress(tmp_path / "4bit", EmbeddingQuantization(bits=4, min_rows=10))
+    with pytest.raises(AutocompressError, match="shape inference failed"):
+        _inferred_shapes(four_bit)
+    assert macs_per_example(four_bit) == macs_per_example(plain) > 0  # lookups count 0
+
+
 def test_macs_of_plain_and_grouped_convolutions(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     w1 = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w1")

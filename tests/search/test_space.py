@@ -1,5 +1,6 @@
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,6 +61,9 @@ def edited(**changes):
     return doc
 
 
+FROZEN = Path(__file__).parent / "spaces" / "dlrm.yaml"
+
+
 def test_every_family_has_a_space_with_the_three_presets():
     assert set(SPACES) == set(FAMILIES)
     for presets in SPACES.values():
@@ -80,11 +84,24 @@ def test_every_space_and_preset_loads_and_round_trips(family, preset):
     assert space.budget.batch_size == 256 and space.budget.percentile == 99
 
 
-def test_presets_override_arch_policy_and_budget():
-    base = load_search_space("dlrm")
+def test_the_shipped_realtime_preset_hashes_prunes_and_quantizes_under_a_tight_budget():
     realtime = load_search_space("dlrm", "realtime")
-    small = load_search_space("dlrm", "small")
-    accuracy = load_search_space("dlrm", "accuracy")
+    assert realtime.arch["embedding_dim"] == Categorical([32, 64])
+    assert [(s.technique, s.optional) for s in realtime.policy] == [
+        ("frequency_hashing", False),
+        ("structured_pruning", False),
+        ("dynamic_int8", False),
+    ]
+    assert realtime.budget == Budget(
+        latency_ms=1.0, batch_size=256, percentile=99, size_mb=5.0, max_auc_drop=0.002
+    )
+
+
+def test_presets_override_arch_policy_and_budget():
+    base = load_search_space("dlrm", path=FROZEN)
+    realtime = load_search_space("dlrm", "realtime", path=FROZEN)
+    small = load_search_space("dlrm", "small", path=FROZEN)
+    accuracy = load_search_space("dlrm", "accuracy", path=FROZEN)
     # arch: overridden dimension by dimension, the rest inherited
     assert realtime.arch["embedding_dim"] == Categorical([16, 32])
     assert realtime.arch["interaction"] == base.arch["interaction"] == "dot"
@@ -103,7 +120,7 @@ def test_presets_override_arch_policy_and_budget():
 
 
 def test_dimensions_are_flat_with_optional_slots_as_booleans():
-    space = load_search_space("dlrm", "realtime")
+    space = load_search_space("dlrm", "realtime", path=FROZEN)
     dims = space.dimensions()
     assert dims["arch.embedding_dim"] == Categorical([16, 32])
     assert dims["arch.interaction"] == "dot"
@@ -114,7 +131,7 @@ def test_dimensions_are_flat_with_optional_slots_as_booleans():
 
 
 def test_decode_applies_the_arch_rule_and_skips_disabled_slots():
-    space = load_search_space("dlrm", "realtime")
+    space = load_search_space("dlrm", "realtime", path=FROZEN)
     flat = {
         "arch.embedding_dim": 32,
         "arch.bottom_mlp": [64],
@@ -138,7 +155,7 @@ def test_decode_applies_the_arch_rule_and_skips_disabled_slots():
 
 
 def test_decode_refuses_missing_unknown_and_out_of_range_values():
-    space = load_search_space("dlrm", "realtime")
+    space = load_search_space("dlrm", "realtime", path=FROZEN)
     good = {
         "arch.embedding_dim": 16,
         "arch.bottom_mlp": [],

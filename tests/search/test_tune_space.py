@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from ray.tune.search.sample import Domain
@@ -76,7 +78,8 @@ def test_optuna_sees_the_same_inclusive_bounds():
 
 
 def test_to_tune_keeps_fixed_values_and_flat_keys():
-    space = load_search_space("dlrm", "realtime")
+    # the frozen copy of the DLRM space the mechanics tests share (tests/search/spaces/)
+    space = load_search_space("dlrm", "realtime", path=Path(__file__).parent / "spaces" / "dlrm.yaml")
     param_space = to_tune(space)
     assert list(param_space) == list(space.dimensions())
     assert param_space["arch.interaction"] == "dot"
