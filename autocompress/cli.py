@@ -453,6 +453,7 @@ from autocompress.cli_remote import jobs_app, models_app  # noqa: E402  (after _
 
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
+import autocompress.cli_serve  # noqa: E402, F401  (adds `serve` and `predict`)
 
 if __name__ == "__main__":
     app()

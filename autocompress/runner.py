@@ -182,6 +182,12 @@ def run_job(spec: Any, store: Any, work_dir: str | Path, *, job_id: str | None =
             "model_id": result.model_id,
         },
     )
+    if spec.deploy and result.model_id is not None:
+        from autocompress.serving import deploy_job_winner
+
+        deployment = deploy_job_winner(store, job.id)
+        if deployment is not None:
+            store.add_event(job.id, "log", f"winner deployed as {deployment.alias!r}")
     return result
 
 
@@ -324,8 +330,13 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
     )
     model_id = None
     if selection.winner is not None:
+        from autocompress.serving import FeatureEncoders
+
         artifact = work / "winner.onnx"
         shutil.copyfile(models["winner"], artifact)
+        encoders = FeatureEncoders.from_dataset_info(dataset.info)
+        if encoders is not None:  # real data: served requests carry raw values, mapped as in training
+            encoders.save(work)
         winner_row = next(r for r in rows if r["name"] == "winner")
         model_id = store.register_model(
             f"{spec.name}-winner",

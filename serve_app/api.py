@@ -717,7 +717,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(AutocompressError, _error(422))
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OperationalError, _database_unavailable)
-    for router in (jobs_router, models_router, service_router):
+    from serve_app.inference import router as serving_router  # predict / rank / deploy / aliases
+
+    for router in (jobs_router, models_router, service_router, serving_router):
         app.include_router(router)
     return app
 

@@ -1,0 +1,52 @@
+"""Serving library: request validation, ranking, two-tower embeddings and ONNX Runtime runners.
+
+Everything the Ray Serve application (``serve_app``) and the API routes do with a model lives
+here and is tested without Ray or HTTP: a request's rows are checked against the model's
+FeatureSchema and turned into ONNX inputs (``RequestEncoder``), a ``ModelCatalog`` finds a
+registered model by id or alias and checks its file is inside the artifact root, and a
+``ModelRunner`` holds its ONNX Runtime session.
+"""
+
+from autocompress.serving._catalog import ModelCatalog, ServedModel, resolve_artifact
+from autocompress.serving._encoders import ENCODERS_FILE, FeatureEncoders, load_encoders
+from autocompress.serving._payload import (
+    MAX_ROWS,
+    Features,
+    PackedFeatures,
+    PayloadError,
+    RequestEncoder,
+    pack_features,
+    probabilities,
+    top_k,
+    unpack_features,
+)
+from autocompress.serving._predictor import LocalPredictor, Predictor, deploy_job_winner
+from autocompress.serving._runner import ModelRunner
+from autocompress.serving._two_tower import SIDES, Side, TowerTensors, extract_towers, find_towers
+
+__all__ = [
+    "ENCODERS_FILE",
+    "MAX_ROWS",
+    "SIDES",
+    "FeatureEncoders",
+    "Features",
+    "LocalPredictor",
+    "ModelCatalog",
+    "ModelRunner",
+    "PackedFeatures",
+    "PayloadError",
+    "Predictor",
+    "RequestEncoder",
+    "ServedModel",
+    "Side",
+    "TowerTensors",
+    "deploy_job_winner",
+    "extract_towers",
+    "find_towers",
+    "load_encoders",
+    "pack_features",
+    "probabilities",
+    "resolve_artifact",
+    "top_k",
+    "unpack_features",
+]

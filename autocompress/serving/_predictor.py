@@ -1,0 +1,101 @@
+"""The predictor interface the API routes call, and its in-process implementation.
+
+The routes validate a request into model inputs and hand them to a ``Predictor``: in the Ray
+Serve application it is a handle to the model deployment (multiplexed, batched replicas); when
+the API runs on its own, or in ``autocompress predict``, it is ``LocalPredictor``, which runs
+``ModelRunner`` in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import OrderedDict
+from typing import Any, Protocol
+
+import numpy as np
+
+from autocompress.errors import AutocompressError
+from autocompress.serving._catalog import ModelCatalog
+from autocompress.serving._payload import Features
+from autocompress.serving._runner import ModelRunner
+from autocompress.serving._two_tower import Side
+from autocompress.store import DeploymentRecord, JobStatus, Store
+
+
+class Predictor(Protocol):
+    """Runs registered models by id on already validated inputs.
+
+    ``load`` is called by deploy and promote, before an alias moves, so a model that cannot be
+    opened is refused then rather than on the first request.
+    """
+
+    async def logits(self, model_id: str, features: Features) -> np.ndarray:
+        """Logits (float32 ``[rows]``) of the model on ``features``."""
+        ...
+
+    async def embeddings(self, model_id: str, side: Side, features: Features) -> np.ndarray:
+        """User or item tower vectors (float32 ``[rows, dim]``)."""
+        ...
+
+    async def load(self, model_id: str) -> dict[str, Any]:
+        """Open the model (if not open yet) and describe it (``ModelRunner.describe``)."""
+        ...
+
+
+class LocalPredictor:
+    """A ``Predictor`` that runs models in this process, keeping the ``max_models`` last used open."""
+
+    def __init__(self, catalog: ModelCatalog, max_models: int = 8) -> None:
+        if max_models < 1:
+            raise AutocompressError(f"max_models must be >= 1, got {max_models}")
+        self.catalog = catalog
+        self._max_models = max_models
+        self._runners: OrderedDict[str, ModelRunner] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def runner(self, model_id: str) -> ModelRunner:
+        """The open runner of a model, opened (and the least recently used one closed) if needed."""
+        with self._lock:
+            found = self._runners.get(model_id)
+            if found is not None:
+                self._runners.move_to_end(model_id)
+                return found
+        opened = ModelRunner(self.catalog.get(model_id))
+        with self._lock:
+            self._runners[model_id] = opened
+            while len(self._runners) > self._max_models:
+                _, evicted = self._runners.popitem(last=False)
+                evicted.close()
+        return opened
+
+    async def logits(self, model_id: str, features: Features) -> np.ndarray:
+        return await asyncio.to_thread(lambda: self.runner(model_id).logits(features))
+
+    async def embeddings(self, model_id: str, side: Side, features: Features) -> np.ndarray:
+        return await asyncio.to_thread(lambda: self.runner(model_id).embeddings(side, features))
+
+    async def load(self, model_id: str) -> dict[str, Any]:
+        return await asyncio.to_thread(lambda: self.runner(model_id).describe())
+
+    def close(self) -> None:
+        """Close every open runner."""
+        with self._lock:
+            runners, self._runners = list(self._runners.values()), OrderedDict()
+        for runner in runners:
+            runner.close()
+
+
+def deploy_job_winner(store: Store, job_id: str) -> DeploymentRecord | None:
+    """Point the alias named after the job at its registered winner, if its spec says ``deploy: true``.
+
+    Called when a job has SUCCEEDED; returns None (and deploys nothing) when the spec does not ask
+    for it, the job did not succeed, or no candidate met the budget so no model was registered.
+    """
+    job = store.get_job(job_id)
+    if not job.spec.get("deploy") or job.status != JobStatus.SUCCEEDED:
+        return None
+    winners = store.list_models(job_id=job_id, limit=1)
+    if not winners:
+        return None
+    return store.deploy(job.name, winners[0].id)

@@ -1,0 +1,251 @@
+"""The one Ray Serve application: the API ingress (jobs, models, serving routes) and the model deployment.
+
+``build_app(args)`` is the application builder ``serve deploy serve_app/config.yaml`` and
+``serve run serve_app.serve:build_app`` call; ``run_locally`` is what ``autocompress serve``
+does. The ingress (``Api``) is the FastAPI app of ``serve_app.api.create_app`` with the serving
+routes of ``serve_app.inference``, whose predictor is a handle to ``ModelServer``
+(``serve_app.deployments``): multiplexed ONNX Runtime sessions with dynamic batching. Replicas,
+autoscaling (min / max replicas, target ongoing requests) and batching come from ``ServeSettings``.
+
+Operations
+----------
+* ``GET /healthz``: the database answers; Serve calls ``ModelServer.check_health`` on every
+  replica and replaces one that fails.
+* Request ids: Ray Serve gives every request an id (``X-Request-ID`` in the response); replica log
+  lines (``<ray session>/logs/serve/replica_*.log``) carry it, including the ``autocompress``
+  library's lines, which are routed through Serve's logger. Without Serve, the serving routes
+  take ``X-Request-ID`` or make one; ``serve_app.inference.RequestIdFilter`` on a log handler
+  stamps it on every line.
+* Prometheus: Ray exports metrics on each node's metrics port (``ray start
+  --metrics-export-port=PORT``, or ``autocompress serve --metrics-port PORT``) at
+  ``http://127.0.0.1:PORT/metrics``. The ones that matter here, all prefixed ``ray_``:
+  ``serve_num_http_requests_total`` and ``serve_http_request_latency_ms`` (by route and status),
+  ``serve_deployment_request_counter_total``, ``serve_deployment_processing_latency_ms`` and
+  ``serve_deployment_error_counter_total`` (by deployment and replica),
+  ``serve_replica_processing_queries`` (in-flight requests, what autoscaling targets),
+  ``serve_batch_utilization_percent``, ``serve_batch_queue_length``, ``serve_batch_wait_time_ms``
+  and ``serve_batch_execution_time_ms`` (dynamic batching), ``serve_multiplexed_model_load_latency_ms``,
+  ``serve_num_multiplexed_models`` and ``serve_multiplexed_models_unload_counter_total`` (the
+  per-replica model LRU), ``serve_deployment_replica_starts_total`` (replicas replaced).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from fastapi import FastAPI
+from pydantic import Field, model_validator
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from autocompress.serving import Predictor
+from autocompress.spec import SpecModel
+from serve_app.deployments import (
+    DEFAULT_BATCH_WAIT_TIMEOUT_S,
+    DEFAULT_MAX_BATCH_SIZE,
+    HandlePredictor,
+    ModelServer,
+    route_library_logs,
+)
+
+APP_NAME = "autocompress"
+# Ray Serve's documented latency switches (its "throughput-optimized" mode without direct ingress,
+# which would give every ingress replica a port of its own): user code and the handle's router on
+# the replica's own event loop, and gRPC rather than actor calls between proxy and replicas.
+THROUGHPUT_OPTIMIZED_ENV = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+}
+
+
+class Autoscaling(SpecModel):
+    """Serve autoscaling of the model deployment: replicas between the bounds, scaled on ongoing requests."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=2, ge=1)
+    target_ongoing_requests: float = Field(default=16.0, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+class Batching(SpecModel):
+    """Dynamic batching of one model's requests: up to ``max_batch_size``, waiting at most the timeout.
+
+    A timeout of 0 runs whatever has queued up while the previous batch ran: no added latency
+    at low load, full batches under load.
+    """
+
+    enabled: bool = True
+    max_batch_size: int = Field(default=DEFAULT_MAX_BATCH_SIZE, ge=1, le=4096)
+    batch_wait_timeout_s: float = Field(default=DEFAULT_BATCH_WAIT_TIMEOUT_S, ge=0, le=1)
+
+    def user_config(self) -> dict[str, Any]:
+        """What ``ModelServer.reconfigure`` reads."""
+        return {
+            "batching": self.enabled,
+            "max_batch_size": self.max_batch_size,
+            "batch_wait_timeout_s": self.batch_wait_timeout_s,
+        }
+
+
+class ModelDeploymentSettings(SpecModel):
+    """``ModelServer`` replicas: a count or ``autoscaling``, CPUs, queue bound, model LRU, batching."""
+
+    num_replicas: int = Field(default=1, ge=1)
+    autoscaling: Autoscaling | None = None
+    num_cpus: float = Field(default=1.0, ge=0)
+    max_ongoing_requests: int = Field(default=64, ge=1)
+    max_models_per_replica: int = Field(default=8, ge=1)
+    batching: Batching = Field(default_factory=Batching)
+
+
+class IngressSettings(SpecModel):
+    """Replicas of the API ingress."""
+
+    num_replicas: int = Field(default=1, ge=1)
+    num_cpus: float = Field(default=0.5, ge=0)
+    max_ongoing_requests: int = Field(default=256, ge=1)
+
+
+class ServeSettings(SpecModel):
+    """The whole application: database, artifact root, API auth and jobs, and both deployments.
+
+    ``artifact_root`` is the only folder models are loaded from (the job API's ``work_dir``);
+    a registered model's relative path is taken from ``base_dir`` (default: the working directory
+    where the app is built). ``max_running_jobs`` > 0 lets the ingress launch search jobs on
+    ``ray_address`` (default: the cluster the app runs on). ``throughput_optimized`` runs both
+    deployments with Ray Serve's latency switches (``THROUGHPUT_OPTIMIZED_ENV``).
+    """
+
+    db_url: str = Field(min_length=1)
+    artifact_root: str = "runs"
+    base_dir: str | None = None
+    api_token: str | None = None
+    api_auth: Literal["mutating", "all"] = "mutating"
+    max_running_jobs: int = Field(default=1, ge=0)
+    ray_address: str | None = None
+    throughput_optimized: bool = True
+    ingress: IngressSettings = Field(default_factory=IngressSettings)
+    model_server: ModelDeploymentSettings = Field(default_factory=ModelDeploymentSettings)
+
+    def resolved(self) -> ServeSettings:
+        """The settings with folders made absolute here, so replicas started elsewhere agree on them."""
+        base = Path(self.base_dir) if self.base_dir else Path.cwd()
+        root = Path(self.artifact_root)
+        return self.model_copy(
+            update={
+                "artifact_root": str((root if root.is_absolute() else base / root).resolve()),
+                "base_dir": str(base.resolve()),
+            }
+        )
+
+
+def api_app(settings: ServeSettings, predictor: Predictor | None = None) -> FastAPI:
+    """The job API's FastAPI app with the serving routes; models run on ``predictor`` (default: here)."""
+    from serve_app.api import Settings, create_app
+
+    app = create_app(
+        Settings(
+            db_url=settings.db_url,
+            api_token=settings.api_token,
+            auth=settings.api_auth,
+            work_dir=Path(settings.artifact_root),
+            max_running_jobs=settings.max_running_jobs,
+            ray_address=settings.ray_address,
+        )
+    )
+    app.state.predictor = predictor
+    app.state.artifact_base_dir = settings.base_dir
+    return app
+
+
+@serve.deployment(name="Api", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
+@serve.ingress()
+class Api:
+    """The ingress: the API app, built on the replica, with ``ModelServer`` behind the serving routes."""
+
+    def __init__(self, model_server: DeploymentHandle, settings: dict[str, Any]) -> None:
+        route_library_logs()
+        self._settings = ServeSettings.from_dict(settings)
+        self._predictor = HandlePredictor(model_server)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return api_app(self._settings, self._predictor)
+
+
+def _replica_env(settings: ServeSettings) -> dict[str, Any]:
+    """Environment of both deployments' replicas: Ray Serve's latency switches when asked for."""
+    if not settings.throughput_optimized:
+        return {}
+    return {"runtime_env": {"env_vars": dict(THROUGHPUT_OPTIMIZED_ENV)}}
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """The Serve application from ``ServeSettings`` fields (the ``args`` of ``serve_app/config.yaml``)."""
+    settings = ServeSettings.from_dict(args, where="args").resolved()
+    if settings.max_running_jobs > 0 and settings.ray_address is None:
+        import ray
+
+        if ray.is_initialized():
+            settings = settings.model_copy(update={"ray_address": ray.get_runtime_context().gcs_address})
+    m = settings.model_server
+    options: dict[str, Any] = {
+        "max_ongoing_requests": m.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": m.num_cpus, **_replica_env(settings)},
+        "user_config": m.batching.user_config(),
+    }
+    if m.autoscaling is not None:
+        options["autoscaling_config"] = m.autoscaling.to_dict()
+    else:
+        options["num_replicas"] = m.num_replicas
+    model_server = ModelServer.options(**options).bind(  # type: ignore[attr-defined]
+        settings.db_url, settings.artifact_root, settings.base_dir, m.max_models_per_replica
+    )
+    return Api.options(  # type: ignore[attr-defined]
+        num_replicas=settings.ingress.num_replicas,
+        max_ongoing_requests=settings.ingress.max_ongoing_requests,
+        ray_actor_options={"num_cpus": settings.ingress.num_cpus, **_replica_env(settings)},
+    ).bind(model_server, settings.to_dict())
+
+
+def cluster_env(settings: ServeSettings) -> dict[str, str]:
+    """Environment to start a local Ray with (before ``ray.init``), so Serve's proxy gets it too.
+
+    The deployments carry it in their runtime env as well; only the proxy, started by Serve
+    itself, needs it from the cluster. This process keeps Ray Serve's defaults.
+    """
+    return dict(THROUGHPUT_OPTIMIZED_ENV) if settings.throughput_optimized else {}
+
+
+def init_local_ray(settings: ServeSettings, **init_args: Any) -> None:
+    """Start a new local Ray (``ray.init(address="local", **init_args)``) with ``cluster_env``.
+
+    Ray's processes take the environment they are started with; this process's is restored.
+    """
+    import os
+
+    import ray
+
+    saved = dict(os.environ)
+    os.environ.update(cluster_env(settings))
+    try:
+        ray.init(address="local", **init_args)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def run_locally(
+    settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000, name: str = APP_NAME
+) -> DeploymentHandle:
+    """Start Serve's HTTP proxy on ``host:port`` (Ray must be initialised) and run the application."""
+    serve.start(http_options={"host": host, "port": port})
+    return serve.run(build_app(settings.to_dict()), name=name, route_prefix="/")

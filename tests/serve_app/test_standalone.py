@@ -1,0 +1,64 @@
+"""The serving routes in the job API without Ray: models run in process (``LocalPredictor``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from fastapi.testclient import TestClient
+
+from autocompress.export import create_session, feed
+from autocompress.spec import Target
+from autocompress.store import Store
+from serve_app.inference import RequestIdFilter
+from serve_app.serve import ServeSettings, api_app
+from tests.serving.conftest import Registry
+
+
+def test_routes_run_models_in_process_and_log_the_request_id(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'api.db'}"
+    with Store(db_url) as store:
+        registry = Registry(store, tmp_path / "runs")
+        first, second = registry.register("dlrm"), registry.register("dlrm", seed=1)
+    batch = registry.schema.example_batch(3, seed=5)
+    rows = [{n: batch[n][i].tolist() for n in registry.schema.feature_names} for i in range(3)]
+
+    def reference(path: str) -> np.ndarray:
+        session = create_session(path, Target())
+        return np.asarray(session.run(None, feed(session, batch))[0])
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    handler.addFilter(RequestIdFilter())
+    logger = logging.getLogger("autocompress.serving")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    app = api_app(ServeSettings(db_url=db_url, artifact_root=str(tmp_path / "runs"), max_running_jobs=0))
+    try:
+        with TestClient(app) as client:
+            response = client.post(
+                f"/v1/models/{first.id}/predict", json={"rows": rows}, headers={"X-Request-ID": "req-42"}
+            )
+            assert response.status_code == 200, response.text
+            assert response.headers["x-request-id"] == "req-42"
+            np.testing.assert_allclose(response.json()["logits"], reference(first.path), atol=1e-6)
+
+            loaded = client.post(f"/v1/models/{second.id}/deploy")  # no alias: only opened
+            assert loaded.status_code == 200 and loaded.json()["deployment"] is None
+            assert loaded.json()["model"]["intra_op_threads"] == 1
+            assert client.post(f"/v1/models/{first.id}/deploy", json={"alias": "shop"}).status_code == 200
+            assert client.post("/v1/endpoints/shop/promote", json={"model_id": second.id}).status_code == 200
+            served = client.post("/v1/endpoints/shop/predict", json={"rows": rows}).json()
+            np.testing.assert_allclose(served["logits"], reference(second.path), atol=1e-6)
+
+            rows[0]["user_id"] = "seven"
+            bad = client.post(f"/v1/models/{first.id}/predict", json={"rows": rows})
+            assert bad.status_code == 422 and "rows[0].user_id" in bad.json()["detail"]
+            assert client.post("/v1/models/nope/predict", json={"rows": rows}).status_code == 404
+    finally:
+        logger.removeHandler(handler)
+    tagged = [r for r in records if getattr(r, "request_id", None) == "req-42"]
+    assert tagged and all(str(r.msg).startswith("[request_id=req-42]") for r in tagged)
+    assert any("predict model=" in str(r.msg) for r in tagged)
