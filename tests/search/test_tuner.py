@@ -300,3 +300,15 @@ def test_the_stored_config_of_an_undecodable_sample_keeps_the_sample(tmp_path: P
     space = _space(tmp_path, [INT8], "decode")
     config = trial_config(space, {"arch.embedding_dim": 12}, TRAIN, False)
     assert config == {"sampled": {"arch.embedding_dim": 12}}
+
+
+def test_model_based_searchers_start_using_results_within_a_small_budget() -> None:
+    from autocompress.search.tuner import warmup_trials
+
+    assert [warmup_trials(n) for n in (1, 6, 12, 30, 100)] == [2, 2, 4, 10, 10]
+    tpe = make_searcher(SearchSettings(searcher="tpe", num_trials=6))
+    assert tpe._sampler._n_startup_trials == 2  # Optuna's default 10 would make 6 trials random search
+    nsga2 = make_searcher(SearchSettings(searcher="nsga2", num_trials=12))
+    assert nsga2._sampler._population_size == 4
+    evolution = make_searcher(SearchSettings(searcher="evolution", num_trials=6))
+    assert (evolution.population_size, evolution.sample_size) == (2, 2)
