@@ -71,8 +71,12 @@ def measure_exclusively(
     cache_dir: str | Path,
     seed: int = 0,
     key: str | None = None,
+    refresh: bool = False,
 ) -> LatencyReport:
     """Latency of ``onnx_path`` on ``target``: from the cache, else measured under the node-wide lock.
+
+    ``refresh`` measures again even on a hit and replaces the entry: for a figure taken while the
+    node was busy (the search's re-measurement of its finished candidates once the trials are over).
 
     On a miss the session is created and timed (``measure_latency``) while holding an exclusive
     lock on ``cache_dir/measure.lock``; the cache is checked again once the lock is held (another
@@ -83,11 +87,11 @@ def measure_exclusively(
 
     cache = _cache_folder(cache_dir)
     key = key or latency_cache_key(onnx_path, schema, target, seed=seed)
-    report = cached_latency(cache, key)
+    report = None if refresh else cached_latency(cache, key)
     if report is not None:
         return report
     with _exclusive(cache / LOCK_FILE):
-        report = cached_latency(cache, key)
+        report = None if refresh else cached_latency(cache, key)
         if report is not None:
             return report
         session = create_session(onnx_path, target)
