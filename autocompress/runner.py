@@ -161,7 +161,8 @@ def run_job(spec: Any, store: Any, work_dir: str | Path, *, job_id: str | None =
         with heartbeat(store, job.id):
             if job.cancel_requested_by is not None:
                 raise JobCancelled(job.id, job.cancel_requested_by)
-            result = _search_job(spec, store, Path(work_dir) / job.id, job.id)
+            # absolute: trials run in Ray workers with other working directories
+            result = _search_job(spec, store, Path(work_dir).resolve() / job.id, job.id)
     except JobCancelled as cancelled:
         reason = f"cancelled by {cancelled.by}"
         store.set_job_status(job.id, JobStatus.CANCELLED, reason=reason)
