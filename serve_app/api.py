@@ -8,13 +8,16 @@ detached driver processes started by :class:`serve_app.launcher.JobLauncher`.
 
 Errors a client can cause are 4xx with a one-line ``detail`` naming the field: 404 (no such job
 or model), 409 (the job's state forbids it), 413 (body too large), 401 (bearer token), 422 (a bad
-spec, query or header). Nothing a client sends is unpickled; spec paths must lie in the data folder.
+spec, query or header), 503 (the database is away); the OpenAPI document lists them per route with
+their body (:class:`ErrorBody`). Nothing a client sends is unpickled; spec paths must lie in the data
+folder and name formats the loaders parse.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -28,7 +31,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
 from autocompress.errors import AutocompressError
 from autocompress.job import JobSpec
@@ -50,6 +53,11 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
 CANCELLED_BY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,99}$"
+MAX_SPEC_DEPTH = 32  # free-form spec fields (train, dataset.options) nest at most this deep
+# spec files are parsed (text, CSV, Parquet, YAML), never unpickled: these formats are refused by name
+CODE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib", ".npy", ".npz")
+YAML_SUFFIXES = (".yaml", ".yml")
+MAX_DB_INTEGER = 2**63 - 1  # offsets and ids beyond a 64-bit integer are refused, not sent to the database
 
 
 # -- settings ------------------------------------------------------------------------------------
@@ -138,8 +146,9 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 class RequestGuard:
-    """ASGI middleware: the bearer token (mutating methods, or every request with auth ``all``) and
-    the body size limit (413 from ``Content-Length``, or while a chunked body streams in)."""
+    """ASGI middleware: the bearer token (mutating methods, or every request with auth ``all``), the
+    body size limit (413 from ``Content-Length``, or while a chunked body streams in) and URLs with a
+    NUL character (422)."""
 
     def __init__(self, app: Any, settings: Settings) -> None:
         self.app = app
@@ -160,6 +169,10 @@ class RequestGuard:
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await _send_json(send, 413, self._too_large())
+            return
+        nul = _nul_in(scope)
+        if nul is not None:
+            await _send_json(send, 422, f"{nul}: must not contain a NUL character (%00)")
             return
         received = 0
 
@@ -185,6 +198,17 @@ class RequestGuard:
 
     def _too_large(self) -> str:
         return f"body: larger than the limit of {self.max_body_bytes} bytes"
+
+
+def _nul_in(scope: Scope) -> str | None:
+    """``path`` or ``query`` when the URL carries a NUL character (no id, name or value holds one, and
+    PostgreSQL refuses them in text), else None."""
+    if "\x00" in scope["path"]:
+        return "path"
+    query: bytes = scope.get("query_string", b"")
+    if b"%00" in query or b"\x00" in query:
+        return "query"
+    return None
 
 
 async def _send_json(send: Send, status: int, detail: str, extra: Mapping[str, str] | None = None) -> None:
@@ -231,7 +255,48 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "; ".join(lines), "errors": errors}, status_code=422)
 
 
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: one line naming the field (``spec.search.num_trials: ...``); a 422 from
+    request validation also lists pydantic's errors."""
+
+    detail: str
+    errors: list[dict[str, Any]] | None = None
+
+
+_ERROR_MEANINGS = {
+    400: "the body cannot be parsed (not UTF-8 text)",
+    401: "the bearer token is missing or wrong",
+    403: "the model's file lies outside this server's artifact root",
+    404: "no such job, model or alias",
+    409: "the state of the job, model or alias forbids it",
+    413: "the body is larger than the server's limit",
+    422: "a bad spec, body, query or header: one line naming each field",
+    503: "the database is unavailable; try again shortly",
+}
+# what any route may answer: auth and the body limit (RequestGuard), validation, the database away
+COMMON_ERRORS = (401, 413, 422, 503)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` documenting these error statuses with the :class:`ErrorBody` they carry."""
+    # JSON whatever the route's own media type (the report is HTML, its errors are not)
+    json_body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    return {
+        status: {"model": ErrorBody, "description": _ERROR_MEANINGS[status], "content": json_body}
+        for status in statuses
+    }
+
+
+async def _database_refused_value(_request: Request, exc: Exception) -> JSONResponse:
+    """A value that passed validation but the database cannot hold (a NUL in a PostgreSQL text field)."""
+    assert isinstance(exc, DataError)
+    reason = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0][:200]
+    return JSONResponse({"detail": f"body: a value the database cannot store ({reason})"}, status_code=422)
+
+
 async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    if not isinstance(exc, OperationalError) and not getattr(exc, "connection_invalidated", False):
+        raise exc  # a database error that is not the database being away stays a server error
     return JSONResponse(
         {"detail": f"database: unavailable ({type(exc).__name__}); try again shortly"}, status_code=503
     )
@@ -385,22 +450,47 @@ def inside(root: Path, path: str | Path, where: str) -> Path:
     return resolved
 
 
+def _nesting_depth(value: Any, limit: int) -> int:
+    """How deeply ``value`` nests lists and objects, counted up to ``limit + 1`` at most."""
+    if limit < 0 or not isinstance(value, dict | list):
+        return 0
+    children = value.values() if isinstance(value, dict) else value
+    return 1 + max((_nesting_depth(child, limit - 1) for child in children), default=0)
+
+
+def _check_format(path: Path, where: str, suffixes: tuple[str, ...] | None) -> None:
+    """Refuse pickles and checkpoints by name, and files not of the format ``where`` takes."""
+    if any(suffix.lower() in CODE_SUFFIXES for suffix in path.suffixes):
+        raise AutocompressError(
+            f"{where}: {path.name!r} is a pickle or checkpoint file, which this server never loads "
+            "(datasets are CSV, TSV or Parquet files; schemas and search spaces are YAML)"
+        )
+    if suffixes is not None and path.is_file() and not path.name.lower().endswith(suffixes):
+        raise AutocompressError(f"{where}: {path.name!r} is not one of the formats {list(suffixes)}")
+
+
 def checked_spec(spec: JobSpec, settings: Settings) -> JobSpec:
     """The spec with its file paths resolved inside the server's data folder; other paths refused.
 
     ``search.storage_path`` is the server's to choose (each job's Tune run lives in its work
     folder); ``dataset.path``, ``dataset.schema_path`` and ``search_space`` must name existing
-    files inside ``data_dir`` (a search space may also come from the built-in ``search_spaces/``).
+    files inside ``data_dir`` (a search space may also come from the built-in ``search_spaces/``),
+    in a format their loader parses (never a pickle or a checkpoint). The search space and preset
+    are loaded, so a technique outside the registry is refused here rather than in the driver.
     """
-    from autocompress.search.space import default_search_space_dir
+    from autocompress.data.tabular import DATA_EXTENSIONS
+    from autocompress.search.space import default_search_space_dir, load_search_space
 
     if spec.search.storage_path is not None:
         raise AutocompressError(
             "spec.search.storage_path: not accepted over the API; the server keeps each job's run "
             "in its work folder"
         )
+    for where, free_form in (("spec.train", spec.train), ("spec.dataset.options", spec.dataset.options)):
+        if _nesting_depth(free_form, MAX_SPEC_DEPTH) > MAX_SPEC_DEPTH:
+            raise AutocompressError(f"{where}: nested deeper than {MAX_SPEC_DEPTH} levels")
 
-    def resolve(value: str, where: str, roots: list[Path]) -> str:
+    def resolve(value: str, where: str, roots: list[Path], suffixes: tuple[str, ...] | None) -> str:
         if not roots:
             raise AutocompressError(
                 f"{where}: this server takes no file paths in specs (its data folder, "
@@ -414,13 +504,18 @@ def checked_spec(spec: JobSpec, settings: Settings) -> JobSpec:
                 errors.append(str(exc))
                 continue
             if resolved.exists():
+                _check_format(resolved, where, suffixes)
                 return str(resolved)
             errors.append(f"{where}: {value!r} does not exist")
         raise AutocompressError(errors[-1])
 
     data_roots = [settings.data_dir] if settings.data_dir is not None else []
+    formats = {
+        "path": DATA_EXTENSIONS if spec.dataset.kind == "tabular" else None,  # Criteo days have no suffix
+        "schema_path": YAML_SUFFIXES,
+    }
     dataset_update = {
-        name: resolve(value, f"spec.dataset.{name}", data_roots)
+        name: resolve(value, f"spec.dataset.{name}", data_roots, formats[name])
         for name in ("path", "schema_path")
         if (value := getattr(spec.dataset, name)) is not None
     }
@@ -429,8 +524,16 @@ def checked_spec(spec: JobSpec, settings: Settings) -> JobSpec:
         update["dataset"] = spec.dataset.model_copy(update=dataset_update)
     if spec.search_space is not None:
         update["search_space"] = resolve(
-            spec.search_space, "spec.search_space", [default_search_space_dir(), *data_roots]
+            spec.search_space,
+            "spec.search_space",
+            [default_search_space_dir(), *data_roots],
+            YAML_SUFFIXES,
         )
+    space_field = "spec.search_space" if spec.search_space is not None else "spec.preset"
+    try:
+        load_search_space(spec.family, spec.preset, update.get("search_space"))
+    except AutocompressError as exc:
+        raise AutocompressError(f"{space_field}: {exc}") from None
     return spec.model_copy(update=update) if update else spec
 
 
@@ -449,7 +552,7 @@ models_router = APIRouter(prefix="/v1/models", tags=["models"])
 service_router = APIRouter(tags=["service"])
 
 
-@jobs_router.post("", status_code=201)
+@jobs_router.post("", status_code=201, responses=error_responses(400, 409))
 def submit_job(
     spec: JobSpec,
     request: Request,
@@ -484,7 +587,7 @@ def list_jobs(
     store: StoreDep,
     status: Annotated[JobStatus | None, Query(description="only jobs in this state")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_DB_INTEGER)] = 0,
 ) -> dict[str, Any]:
     """Jobs, newest first, optionally in one state; ``total`` counts them all for paging."""
     jobs = store.list_jobs(status, limit=limit, offset=offset)
@@ -496,13 +599,13 @@ def list_jobs(
     }
 
 
-@jobs_router.get("/{job_id}")
+@jobs_router.get("/{job_id}", responses=error_responses(404))
 def get_job(job_id: str, store: StoreDep) -> dict[str, Any]:
     """The job's state with its reason, progress (trials done / running / failed) and best so far."""
     return job_view(store, store.get_job(job_id))
 
 
-@jobs_router.get("/{job_id}/trials")
+@jobs_router.get("/{job_id}/trials", responses=error_responses(404))
 def list_trials(
     job_id: str,
     store: StoreDep,
@@ -512,7 +615,7 @@ def list_trials(
     return {"trials": [trial_view(t) for t in store.list_trials(job_id, status)]}
 
 
-@jobs_router.get("/{job_id}/pareto")
+@jobs_router.get("/{job_id}/pareto", responses=error_responses(404))
 def job_pareto(job_id: str, store: StoreDep) -> dict[str, Any]:
     """The Pareto front (valid AUC x latency x size) of the finished trials, and the winner so far."""
     selection = _selection(store.list_trials(job_id))
@@ -526,7 +629,7 @@ def job_pareto(job_id: str, store: StoreDep) -> dict[str, Any]:
     }
 
 
-@jobs_router.get("/{job_id}/report", response_class=HTMLResponse)
+@jobs_router.get("/{job_id}/report", response_class=HTMLResponse, responses=error_responses(404))
 def job_report(job_id: str, store: StoreDep, settings: SettingsDep) -> HTMLResponse:
     """The job's HTML report (comparison table and Pareto plot), once the job has finished."""
     job = store.get_job(job_id)
@@ -539,11 +642,13 @@ def job_report(job_id: str, store: StoreDep, settings: SettingsDep) -> HTMLRespo
     return HTMLResponse(path.read_text(encoding="utf-8"))
 
 
-@jobs_router.get("/{job_id}/logs")
+@jobs_router.get("/{job_id}/logs", responses=error_responses(404))
 def job_logs(
     job_id: str,
     store: StoreDep,
-    after_id: Annotated[int, Query(ge=0, description="only events after this id (to follow)")] = 0,
+    after_id: Annotated[
+        int, Query(ge=0, le=MAX_DB_INTEGER, description="only events after this id (to follow)")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
 ) -> dict[str, Any]:
     """The job's log: state changes, trial starts and ends, driver events, in order."""
@@ -554,7 +659,7 @@ def job_logs(
     }
 
 
-@jobs_router.post("/{job_id}/cancel")
+@jobs_router.post("/{job_id}/cancel", responses=error_responses(400, 404, 409))
 def cancel_job(
     job_id: str,
     request: Request,
@@ -567,7 +672,7 @@ def cancel_job(
     return job_view(store, job)
 
 
-@jobs_router.delete("/{job_id}", status_code=204)
+@jobs_router.delete("/{job_id}", status_code=204, responses=error_responses(404, 409))
 def delete_job(job_id: str, store: StoreDep) -> Response:
     """Delete a finished job with its trials and log (409 while it is PENDING or RUNNING)."""
     store.delete_job(job_id)
@@ -579,14 +684,14 @@ def list_models(
     store: StoreDep,
     job_id: Annotated[str | None, Query(description="only the models of this job")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_DB_INTEGER)] = 0,
 ) -> dict[str, Any]:
     """Registered models, newest first."""
     models = store.list_models(job_id=job_id, limit=limit, offset=offset)
     return {"models": [model_summary(m) for m in models], "limit": limit, "offset": offset}
 
 
-@models_router.get("/{model_id}")
+@models_router.get("/{model_id}", responses=error_responses(404))
 def get_model(model_id: str, store: StoreDep) -> dict[str, Any]:
     """A registered model: metrics, feature schema and lineage (job and trial)."""
     model = store.get_model(model_id)
@@ -610,7 +715,14 @@ def get_model(model_id: str, store: StoreDep) -> dict[str, Any]:
     }
 
 
-@models_router.get("/{model_id}/artifact", response_class=FileResponse)
+@models_router.get(
+    "/{model_id}/artifact",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        **error_responses(403, 404),
+    },
+)
 def model_artifact(model_id: str, store: StoreDep, settings: SettingsDep) -> FileResponse:
     """The model's ONNX file (only files inside the server's artifact root are served)."""
     model = store.get_model(model_id)
@@ -621,7 +733,9 @@ def model_artifact(model_id: str, store: StoreDep, settings: SettingsDep) -> Fil
         )
     if not path.is_file():
         raise NotFoundError(f"artifact: the ONNX file of model {model_id} is gone")
-    return FileResponse(path, media_type="application/octet-stream", filename=f"{model.name}.onnx")
+    # the name a client saves the file under: no folders, no dot files, whatever the model is called
+    filename = re.sub(r"[^A-Za-z0-9_.-]+", "_", model.name).lstrip(".") or "model"
+    return FileResponse(path, media_type="application/octet-stream", filename=f"{filename}.onnx")
 
 
 @functools.cache
@@ -679,7 +793,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store(settings.db_url)
+        # a request waits at most a few seconds for a database that went away, then gets a 503
+        store = Store(settings.db_url, retry_timeout_s=5.0)
         launcher = None
         if settings.max_running_jobs > 0:
             launcher = JobLauncher(
@@ -717,10 +832,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(AutocompressError, _error(422))
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(DBAPIError, _database_unavailable)  # a lost connection of another class
+    app.add_exception_handler(DataError, _database_refused_value)
     from serve_app.inference import router as serving_router  # predict / rank / deploy / aliases
 
-    for router in (jobs_router, models_router, service_router, serving_router):
-        app.include_router(router)
+    for router in (jobs_router, models_router, service_router):
+        app.include_router(router, responses=error_responses(*COMMON_ERRORS))
+    app.include_router(serving_router, responses=error_responses(*COMMON_ERRORS, 400, 404, 409))
     return app
 
 
