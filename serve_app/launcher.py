@@ -391,11 +391,30 @@ class JobLauncher:
             self._spawn(job.id)
 
     def _spawn(self, job_id: str) -> None:
-        """Start the job's driver and record it as the job's driver (RUNNING); a cancelled job is left."""
-        address = self._ray_address or (self._head.start() if self._head is not None else None)
-        assert address is not None
+        """Start the job's driver and record it as the job's driver (RUNNING); a cancelled job is left.
+
+        A job whose folder cannot be written (the work folder is not a folder, a read-only disk)
+        ends FAILED with that reason: it would never get further, and waiting would hide why.
+        """
         job_dir = self.work_dir / job_id
-        job_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            job_dir.mkdir(parents=True, exist_ok=True)
+            log = (job_dir / DRIVER_LOG).open("ab")
+        except OSError as exc:
+            with contextlib.suppress(ConflictError, NotFoundError):  # cancelled or deleted meanwhile
+                self.store.set_job_status(
+                    job_id,
+                    JobStatus.FAILED,
+                    reason=f"work_dir: cannot write the job's folder {str(job_dir)!r}: {exc.strerror or exc}",
+                )
+            logger.error("job %s failed: its folder %s cannot be written: %s", job_id, job_dir, exc)
+            return
+        try:
+            address = self._ray_address or (self._head.start() if self._head is not None else None)
+        except BaseException:
+            log.close()
+            raise
+        assert address is not None
         command = [
             sys.executable,
             "-m",
@@ -408,7 +427,6 @@ class JobLauncher:
             "--address",
             address,
         ]
-        log = (job_dir / DRIVER_LOG).open("ab")
         process = subprocess.Popen(
             command,
             stdout=log,

@@ -3,11 +3,11 @@
 Everything the Ray Serve application (``serve_app``) and the API routes do with a model lives
 here and is tested without Ray or HTTP: a request's rows are checked against the model's
 FeatureSchema and turned into ONNX inputs (``RequestEncoder``), a ``ModelCatalog`` finds a
-registered model by id or alias and checks its file is inside the artifact root, and a
-``ModelRunner`` holds its ONNX Runtime session.
+registered model by id or alias and checks that its file is inside the artifact root and opens
+in ONNX Runtime (``check_onnx_loads``), and a ``ModelRunner`` holds its ONNX Runtime session.
 """
 
-from autocompress.serving._catalog import ModelCatalog, ServedModel, resolve_artifact
+from autocompress.serving._catalog import ModelCatalog, ServedModel, check_onnx_loads, resolve_artifact
 from autocompress.serving._encoders import ENCODERS_FILE, FeatureEncoders, load_encoders
 from autocompress.serving._payload import (
     MAX_ROWS,
@@ -40,6 +40,7 @@ __all__ = [
     "ServedModel",
     "Side",
     "TowerTensors",
+    "check_onnx_loads",
     "deploy_job_winner",
     "extract_towers",
     "find_towers",

@@ -1,7 +1,9 @@
 """Registered models as the serving side sees them: found by id or alias, checked, cached.
 
-A model is servable when the store knows it and its ONNX file resolves (symlinks followed) to a
-file inside the artifact root: the API never opens a path a database row points at elsewhere.
+A model is servable when the store knows it, its ONNX file resolves (symlinks followed) to a
+file inside the artifact root (the API never opens a path a database row points at elsewhere)
+and ONNX Runtime opens that file: a truncated or overwritten artifact is refused before a deploy
+or promote moves an alias to it, so the alias keeps serving the model it had.
 Its target (the intra-op threads and provider to run it with) is the target of the job that
 produced it; a model registered outside a job runs with the default target.
 """
@@ -31,6 +33,7 @@ class ServedModel:
     schema: FeatureSchema
     target: Target
     encoder: RequestEncoder
+    file_stamp: tuple[int, int] = (0, 0)  # (mtime ns, size) of the file when it was checked
 
     @property
     def id(self) -> str:
@@ -58,11 +61,39 @@ def resolve_artifact(path: str | Path, artifact_root: str | Path, base_dir: str 
     return resolved
 
 
+def _file_stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return (stat.st_mtime_ns, stat.st_size)
+
+
+def check_onnx_loads(path: Path, model_id: str) -> None:
+    """Refuse (``ConflictError``) a model file ONNX Runtime cannot open: truncated, overwritten, not ONNX.
+
+    Opened on the CPU with graph optimisations off: this checks the file, not the serving machine
+    (the model's own target may name a provider this process does not have).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    try:
+        ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ONNX Runtime raises its own classes (InvalidProtobuf, Fail, InvalidGraph)
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ConflictError(
+            f"model {model_id!r} cannot be served: its ONNX file {str(path)!r} does not load in "
+            f"ONNX Runtime ({type(exc).__name__}: {detail})"
+        ) from None
+
+
 class ModelCatalog:
     """Looks registered models up in the store and keeps the last ``cache_size`` checked ones.
 
-    Models are immutable once registered, so a cached entry never goes stale; aliases move, so
-    they are read from the store on every call.
+    A registered model's file should never change; if it does (its size or modification time
+    differ from when it was checked), the entry is checked again, so an artifact corrupted on
+    disk is refused rather than served from the cache. Aliases move, so they are read from the
+    store on every call.
     """
 
     def __init__(
@@ -86,9 +117,11 @@ class ModelCatalog:
         """The servable model with this id: ``NotFoundError`` if unknown, ``ConflictError`` if unservable."""
         with self._lock:
             cached = self._cache.get(model_id)
-            if cached is not None:
-                self._cache.move_to_end(model_id)
-                return cached
+        if cached is not None and self._unchanged(cached):
+            with self._lock:
+                if model_id in self._cache:
+                    self._cache.move_to_end(model_id)
+            return cached
         served = self._load(self.store.get_model(model_id))
         with self._lock:
             self._cache[model_id] = served
@@ -107,15 +140,29 @@ class ModelCatalog:
         """The model the alias serves now."""
         return self.get(self.active(alias).model_id)
 
+    @staticmethod
+    def _unchanged(served: ServedModel) -> bool:
+        try:
+            return _file_stamp(served.path) == served.file_stamp
+        except OSError:
+            return False
+
     def _load(self, record: ModelRecord) -> ServedModel:
         path = resolve_artifact(record.path, self.artifact_root, self.base_dir)
+        stamp = _file_stamp(path)
         try:
             schema = FeatureSchema.from_dict(record.feature_schema)
             encoder = RequestEncoder(schema, load_encoders(path))
         except AutocompressError as exc:
             raise ConflictError(f"model {record.id!r} cannot be served: {exc}") from None
+        check_onnx_loads(path, record.id)
         return ServedModel(
-            record=record, path=path, schema=schema, target=self._target(record), encoder=encoder
+            record=record,
+            path=path,
+            schema=schema,
+            target=self._target(record),
+            encoder=encoder,
+            file_stamp=stamp,
         )
 
     def _target(self, record: ModelRecord) -> Target:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from autocompress.errors import AutocompressError
-from autocompress.serving._catalog import ModelCatalog
+from autocompress.serving._catalog import ModelCatalog, check_onnx_loads
 from autocompress.serving._payload import Features
 from autocompress.serving._runner import ModelRunner
 from autocompress.serving._two_tower import Side
@@ -98,4 +99,5 @@ def deploy_job_winner(store: Store, job_id: str) -> DeploymentRecord | None:
     winners = store.list_models(job_id=job_id, limit=1)
     if not winners:
         return None
+    check_onnx_loads(Path(winners[0].path), winners[0].id)  # the alias keeps its model otherwise
     return store.deploy(job.name, winners[0].id)

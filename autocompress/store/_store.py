@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, delete, event, func, select, text, update
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from autocompress.errors import AutocompressError
@@ -54,6 +54,7 @@ _SUPPORTED_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql+psycopg")
 _MIGRATION_LOCK_KEY = 0x61636D70  # pg_advisory_xact_lock key shared by every store opening this database
 _ALIAS_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _MAX_PAGE = 1000
+_PG_CONNECT_TIMEOUT_S = 10  # a server that does not answer at all fails the attempt, then it is retried
 _FATAL_CONNECT_ERRORS = (
     "authentication failed",
     "does not exist",
@@ -207,8 +208,9 @@ class Store:
     """The job / trial / model / deployment database behind the search, the API and the CLI.
 
     Opening it applies the Alembic migrations up to head. Each method runs in its own short
-    transaction, retried with bounded backoff on transient errors (a locked SQLite file, a lost
-    PostgreSQL connection), and returns frozen records.
+    transaction, retried with bounded backoff on transient errors (a locked SQLite file, a lost or
+    refused PostgreSQL connection: a server restarting), for at most ``retry_attempts`` tries and
+    ``retry_timeout_s`` seconds, and returns frozen records.
     """
 
     def __init__(
@@ -216,21 +218,26 @@ class Store:
         url: str | Path | None = None,
         *,
         busy_timeout_s: float = 10.0,
-        retry_attempts: int = 10,
+        retry_attempts: int = 30,
         retry_initial_s: float = 0.05,
         retry_max_s: float = 2.0,
+        retry_timeout_s: float = 30.0,
     ) -> None:
         if retry_attempts < 1:
             raise AutocompressError(f"retry_attempts: {retry_attempts} must be >= 1")
+        if retry_timeout_s < 0:
+            raise AutocompressError(f"retry_timeout_s: {retry_timeout_s} must be >= 0")
         self._url = _normalize_url(url if url is not None else default_store_url())
         self._retry_attempts = retry_attempts
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
+        self._retry_timeout_s = retry_timeout_s
         self._options: dict[str, float | int] = {
             "busy_timeout_s": busy_timeout_s,
             "retry_attempts": retry_attempts,
             "retry_initial_s": retry_initial_s,
             "retry_max_s": retry_max_s,
+            "retry_timeout_s": retry_timeout_s,
         }
         if self.dialect == "sqlite":
             assert self._url.database is not None
@@ -238,7 +245,11 @@ class Store:
             self._engine = create_engine(self._url, connect_args={"timeout": busy_timeout_s})
             _configure_sqlite(self._engine, busy_timeout_s)
         else:
-            self._engine = create_engine(self._url, pool_pre_ping=True)
+            # pre-ping: a pooled connection the server dropped (a restart) is replaced before use
+            connect_args: dict[str, Any] = {}
+            if "connect_timeout" not in self._url.query:
+                connect_args["connect_timeout"] = _PG_CONNECT_TIMEOUT_S
+            self._engine = create_engine(self._url, pool_pre_ping=True, connect_args=connect_args)
         write_engine = self._engine.execution_options(autocompress_write=True)
         self._reads = sessionmaker(self._engine, expire_on_commit=False)
         self._writes = sessionmaker(write_engine, expire_on_commit=False)
@@ -307,10 +318,12 @@ class Store:
         with self._write_engine.begin() as connection:
             return work(connection)
 
-    def _is_transient(self, exc: OperationalError) -> bool:
+    def _is_transient(self, exc: DBAPIError) -> bool:
         """Worth retrying: a lost or refused connection, a serialization failure, a locked SQLite file."""
         if exc.connection_invalidated:
             return True
+        if not isinstance(exc, OperationalError):
+            return False
         message = str(exc.orig).lower()
         if self.dialect == "postgresql":
             # psycopg raises OperationalError for lost connections and serialization failures alike;
@@ -319,12 +332,15 @@ class Store:
         return "locked" in message or "busy" in message
 
     def _retrying(self, attempt: Callable[[], T]) -> T:
+        """Run ``attempt``, again after a growing pause while it fails transiently, within the bounds."""
         delay = self._retry_initial_s
+        deadline = time.monotonic() + self._retry_timeout_s
         for number in range(1, self._retry_attempts + 1):
             try:
                 return attempt()
-            except OperationalError as exc:
-                if number >= self._retry_attempts or not self._is_transient(exc):
+            except DBAPIError as exc:
+                out_of_time = time.monotonic() + delay > deadline
+                if number >= self._retry_attempts or out_of_time or not self._is_transient(exc):
                     raise
                 logger.warning("store: transient database error (attempt %d), retrying: %s", number, exc.orig)
                 time.sleep(delay)
