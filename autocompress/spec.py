@@ -7,8 +7,11 @@ Every spec model derives from ``SpecModel``: frozen, strict types, ``extra="forb
 
 from __future__ import annotations
 
+import importlib.util
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -67,7 +70,8 @@ class Target(SpecModel):
     runs after ``warmup`` untimed ones, each batch size measured for at most ``max_seconds``. Each
     percentile is the median of that percentile over ``rounds`` consecutive slices of the runs: a
     burst of load from outside the measurement (a neighbour's training step) spoils one slice, not
-    the figure.
+    the figure. On a Ray cluster, latency is measured on the nodes that declare ``resource``
+    (``autocompress.measure.placement``).
     """
 
     device: Device = "cpu"
@@ -89,6 +93,16 @@ class Target(SpecModel):
         default=3,
         ge=1,
         description="percentiles are the median over this many consecutive slices of the timed runs",
+    )
+    resource: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z][A-Za-z0-9_.-]*$",
+        description=(
+            "Ray resource of the nodes whose hardware this is: latency is measured only there; "
+            "default: latency_<device> when the cluster declares it, else where the trial runs"
+        ),
     )
 
     @model_validator(mode="before")
@@ -121,6 +135,26 @@ class Target(SpecModel):
 Searcher = Literal["random", "tpe", "nsga2", "evolution"]
 MULTI_OBJECTIVE_SEARCHERS: tuple[str, ...] = ("nsga2",)
 
+# URI schemes pyarrow.fs.FileSystem.from_uri opens, each with the pyarrow module it needs (a
+# pyarrow build may lack one). Ray Tune reads and writes its runs through pyarrow.fs.
+STORAGE_URI_SCHEMES: dict[str, str] = {
+    "file": "pyarrow._fs",
+    "s3": "pyarrow._s3fs",
+    "gs": "pyarrow._gcsfs",
+    "gcs": "pyarrow._gcsfs",
+    "hdfs": "pyarrow._hdfs",
+    "viewfs": "pyarrow._hdfs",
+    "abfs": "pyarrow._azurefs",
+    "abfss": "pyarrow._azurefs",
+}
+_URI_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def storage_uri_scheme(location: str) -> str | None:
+    """The scheme of a storage URI (``s3`` of ``s3://bucket/prefix``); None for a local path."""
+    match = _URI_SCHEME.match(location)
+    return match.group(1) if match else None
+
 
 class SearchSettings(SpecModel):
     """How a job searches: the searcher by name, the trial budget, resources per trial, retries, storage.
@@ -128,8 +162,10 @@ class SearchSettings(SpecModel):
     ``random`` is the baseline, ``tpe`` and ``evolution`` (regularised evolution) maximise ``metric``
     with the budget as a penalty, ``nsga2`` keeps the quality x latency x size front; ``asha``
     stops weak single-objective trials after their first epochs. ``storage_path`` is where Tune
-    keeps its run (default: under the job's work folder); ``max_failures`` retries a crashed
-    trial that many times.
+    keeps its run (default: under the job's work folder): a local folder, or a URI pyarrow.fs
+    opens such as ``s3://bucket/prefix`` (for MinIO or another S3-compatible server:
+    ``s3://bucket/prefix?endpoint_override=host:9000&scheme=http``), credentials coming from the
+    environment; ``max_failures`` retries a crashed trial that many times.
     """
 
     searcher: Searcher = "tpe"
@@ -142,6 +178,34 @@ class SearchSettings(SpecModel):
     storage_path: str | None = Field(default=None, min_length=1)
     seed: int = 0
     metric: Literal["valid_auc"] = "valid_auc"
+
+    @field_validator("storage_path")
+    @classmethod
+    def _storage_path_or_known_uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        scheme = storage_uri_scheme(value)
+        if scheme is None:
+            if "://" in value:
+                raise ValueError("a URI needs a scheme such as s3:// (or give a local folder)")
+            return value
+        if scheme not in STORAGE_URI_SCHEMES:
+            raise ValueError(
+                f"URI scheme {scheme!r} is not one pyarrow.fs opens; give a local folder or a URI "
+                f"with one of {sorted(STORAGE_URI_SCHEMES)}"
+            )
+        if importlib.util.find_spec(STORAGE_URI_SCHEMES[scheme]) is None:
+            raise ValueError(f"this pyarrow build cannot open {scheme}:// URIs")
+        parts = urlsplit(value)
+        if scheme != "file" and not parts.hostname:
+            raise ValueError(f"a {scheme}:// URI needs a bucket or host: {scheme}://bucket/prefix")
+        if parts.password is not None:
+            # the spec is stored with the job and shown back: secrets belong in the environment
+            raise ValueError(
+                "credentials do not belong in the URI; give them through the environment "
+                "(e.g. AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _asha_single_objective(self) -> Self:

@@ -28,13 +28,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from autocompress.errors import AutocompressError
 from autocompress.search.cancel import CancelStopper, raise_if_cancelled
 from autocompress.search.recording import TrialRecorder, finished_status, trial_metrics
 from autocompress.search.space import SearchSpace
 from autocompress.search.trial import SharedResources
-from autocompress.spec import MULTI_OBJECTIVE_SEARCHERS, SearchSettings
+from autocompress.spec import MULTI_OBJECTIVE_SEARCHERS, SearchSettings, storage_uri_scheme
 from autocompress.store import Store, TrialStatus
 from autocompress.train.config import TrainConfig
 
@@ -312,6 +313,69 @@ def search_trainable(
     run_trial(spec, shared, forward)
 
 
+# -- where Tune keeps the run ---------------------------------------------------------------------
+
+
+class TuneRunLocation:
+    """One Tune run's folder, ``<storage>/<name>``, in a local folder or under a URI pyarrow.fs opens.
+
+    ``storage`` is what Tune's ``RunConfig(storage_path=...)`` gets: a local folder (expanded and
+    resolved) or the URI as given, e.g. ``s3://bucket/runs?endpoint_override=host:9000&scheme=http``,
+    whose query stays at the end when the run's name is appended. The job's owner file in the
+    run's folder is read and written through ``pyarrow.fs`` for both.
+    """
+
+    def __init__(self, storage_path: str | Path, name: str) -> None:
+        location = str(storage_path)
+        if storage_uri_scheme(location) is None:
+            location = str(Path(location).expanduser().resolve())
+        self.storage = location
+        self.name = name
+        if storage_uri_scheme(location) is None:
+            self.experiment = str(Path(location) / name)
+        else:
+            parts = urlsplit(location)
+            self.experiment = urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{name}"))
+
+    @functools.cached_property
+    def _filesystem(self) -> tuple[Any, str]:
+        import pyarrow.fs
+
+        try:
+            return pyarrow.fs.FileSystem.from_uri(self.experiment)
+        except (OSError, ValueError) as exc:
+            raise AutocompressError(f"search.storage_path: cannot open {self.storage!r}: {exc}") from None
+
+    def _storage_error(self, exc: Exception) -> AutocompressError:
+        return AutocompressError(f"search.storage_path: cannot use the Tune run at {self.experiment}: {exc}")
+
+    def owner(self) -> tuple[bool, str | None]:
+        """Whether the run's folder exists, and the job its owner file names (None without one)."""
+        import pyarrow.fs
+
+        fs, path = self._filesystem
+        try:
+            if fs.get_file_info(path).type is pyarrow.fs.FileType.NotFound:
+                return False, None
+            owner_file = f"{path}/{JOB_FILE}"
+            if fs.get_file_info(owner_file).type is not pyarrow.fs.FileType.File:
+                return True, None
+            with fs.open_input_stream(owner_file) as stream:
+                return True, json.loads(stream.readall()).get("job_id")
+        except OSError as exc:
+            raise self._storage_error(exc) from None
+
+    def claim(self, job_id: str) -> None:
+        """Create the run's folder and write the owner file naming ``job_id``."""
+        fs, path = self._filesystem
+        try:
+            fs.create_dir(path, recursive=True)
+            with fs.open_output_stream(f"{path}/{JOB_FILE}") as stream:
+                stream.write(json.dumps({"job_id": job_id}).encode())
+        except OSError as exc:
+            raise self._storage_error(exc) from None
+
+
 # -- the search -----------------------------------------------------------------------------------
 
 
@@ -339,9 +403,8 @@ def run_search(
     if not name or "/" in name or name in (".", ".."):
         raise AutocompressError(f"name: {name!r} must be a plain folder name (no '/')")
     train_config = train_config or TrainConfig()
-    storage = Path(settings.storage_path) if settings.storage_path else shared.work_dir / "tune"
-    storage = storage.expanduser().resolve()
-    experiment = storage / name
+    location = TuneRunLocation(settings.storage_path or shared.work_dir / "tune", name)
+    experiment = location.experiment
     multi_objective = settings.searcher in MULTI_OBJECTIVE_SEARCHERS
     searcher = make_searcher(settings)
 
@@ -357,18 +420,16 @@ def run_search(
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
     )
     recorder = TrialRecorder(store, job_id, space, train_config, distill)
-    owner_file = experiment / JOB_FILE
-    if experiment.exists():
-        owner = json.loads(owner_file.read_text()).get("job_id") if owner_file.is_file() else None
-        if owner != job_id:
-            # a restored run records into the job it was started for: never mix two jobs' trials
-            raise AutocompressError(
-                f"name: the Tune run {experiment} belongs to job {owner!r}, not {job_id!r}; "
-                "give each job its own name (its id) or storage_path"
-            )
-    if resume and tune.Tuner.can_restore(str(experiment)):
+    exists, owner = location.owner()
+    if exists and owner != job_id:
+        # a restored run records into the job it was started for: never mix two jobs' trials
+        raise AutocompressError(
+            f"name: the Tune run {experiment} belongs to job {owner!r}, not {job_id!r}; "
+            "give each job its own name (its id) or storage_path"
+        )
+    if resume and exists and tune.Tuner.can_restore(experiment):
         store.add_event(job_id, "search", f"resuming the Tune run at {experiment}")
-        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True)
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True)
     else:
         from autocompress.search.tune_space import to_tune
 
@@ -383,15 +444,14 @@ def run_search(
             ),
             run_config=tune.RunConfig(
                 name=name,
-                storage_path=str(storage),
+                storage_path=location.storage,
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 callbacks=[recorder],
                 stop=CancelStopper(store, job_id),
                 verbose=0,
             ),
         )
-    experiment.mkdir(parents=True, exist_ok=True)
-    owner_file.write_text(json.dumps({"job_id": job_id}))
+    location.claim(job_id)
     grid = tuner.fit()
     raise_if_cancelled(store, job_id)  # a cancelled job ends here: no winner, report or registration
     trials = []
@@ -408,4 +468,4 @@ def run_search(
                 error=error,
             )
         )
-    return SearchOutcome(experiment_path=str(experiment), trials=trials)
+    return SearchOutcome(experiment_path=experiment, trials=trials)
