@@ -98,20 +98,23 @@ def html_report(
     selection: Selection,
     plot_path: str | Path,
     out_path: str | Path,
+    notes: Sequence[str] = (),
 ) -> Path:
-    """Write one HTML file with the outcome, the comparison table and the Pareto plot inlined."""
+    """Write one HTML file with the outcome, any notes (e.g. a target fallback), the comparison table and
+    the Pareto plot inlined."""
     image = base64.b64encode(Path(plot_path).read_bytes()).decode("ascii")
     if selection.winner is not None:
         outcome = f"<p>Winner: trial <b>{html.escape(selection.winner.trial_id)}</b>.</p>"
     else:
         closest = ", ".join(html.escape(c.trial_id) for c in selection.closest)
         outcome = f"<p><b>{html.escape(selection.reason or '')}</b>; closest candidates: {closest}.</p>"
+    notes_html = "".join(f"<p class='note'><b>Note:</b> {html.escape(n)}</p>" for n in notes)
     page = (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title>"
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>{outcome}{comparison_table_html(rows)}"
+        f"<h1>{html.escape(title)}</h1>{outcome}{notes_html}{comparison_table_html(rows)}"
         f"<h2>Pareto front</h2><img alt='Pareto plot' src='data:image/png;base64,{image}'>"
         "</body></html>"
     )

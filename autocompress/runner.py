@@ -141,6 +141,7 @@ class JobResult:
     rows: list[dict[str, Any]]
     report_path: str | None
     model_id: str | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def run_job(spec: Any, store: Any, work_dir: str | Path, *, job_id: str | None = None) -> JobResult:
@@ -181,14 +182,19 @@ def run_job(spec: Any, store: Any, work_dir: str | Path, *, job_id: str | None =
             "rows": result.rows,
             "report": result.report_path,
             "model_id": result.model_id,
+            "notes": result.notes,
         },
     )
     if spec.deploy and result.model_id is not None:
         from autocompress.serving import deploy_job_winner
 
-        deployment = deploy_job_winner(store, job.id)
-        if deployment is not None:
-            store.add_event(job.id, "log", f"winner deployed as {deployment.alias!r}")
+        try:
+            deployment = deploy_job_winner(store, job.id)
+        except AutocompressError as exc:  # the job's result stands; the alias keeps what it served
+            store.add_event(job.id, "log", f"winner not deployed: {exc}")
+        else:
+            if deployment is not None:
+                store.add_event(job.id, "log", f"winner deployed as {deployment.alias!r}")
     return result
 
 
@@ -202,15 +208,30 @@ class Reference:
 
 
 def train_reference(family: str, dataset: Dataset, train_config: TrainConfig, work: Path) -> Reference:
-    """Train the family's reference architecture on the full train split and export it (fp32 ONNX)."""
+    """Train the family's reference architecture on the full train split and export it (fp32 ONNX).
+
+    A reference this job already trained (a resumed job: its driver was relaunched) is loaded from
+    ``work`` instead: ``reference.pt`` (the weights), ``reference.onnx`` and ``reference.json`` (its
+    valid AUC and the training config, written last, so a half-written reference is trained again).
+    """
+    import torch
+
     from autocompress.export import export_onnx
     from autocompress.models import build
     from autocompress.train import fit
 
+    weights, onnx_path, meta = work / "reference.pt", work / "reference.onnx", work / "reference.json"
     model = build(family, dataset.schema)
+    if meta.is_file() and weights.is_file() and onnx_path.is_file():
+        saved = json.loads(meta.read_text())
+        if saved.get("train_config") == json.loads(json.dumps(train_config.to_dict())):
+            model.load_state_dict(torch.load(weights, weights_only=True))  # tensors only: no pickled code
+            return Reference(model=model.eval(), valid_auc=float(saved["valid_auc"]), onnx_path=onnx_path)
     result = fit(model, dataset.train, dataset.valid, train_config)
     model = model.cpu().eval()
-    path = export_onnx(model, dataset.schema, work / "reference.onnx").path
+    path = export_onnx(model, dataset.schema, onnx_path).path
+    torch.save(model.state_dict(), weights)
+    meta.write_text(json.dumps({"valid_auc": result.best_valid_auc, "train_config": train_config.to_dict()}))
     return Reference(model=model, valid_auc=result.best_valid_auc, onnx_path=path)
 
 
@@ -236,18 +257,19 @@ def compare_on_test(
 ) -> list[dict[str, Any]]:
     """Test AUC, size and latency of each model, and each one's ratios to ``onnx_fp32`` (which must be there).
 
-    Latency is measured with ``measure_exclusively`` on ``target`` at 1 (when the target has it) and
+    Latency is measured with ``measure_on_target`` on ``target`` at 1 (when the target has it) and
     the budget's batch size; ``speedup_b256`` compares p50 at that batch size.
     """
     from autocompress.export import create_session
-    from autocompress.measure import measure_exclusively, onnx_size_bytes
+    from autocompress.measure import onnx_size_bytes
     from autocompress.measure.evaluation import onnx_logits
+    from autocompress.measure.placement import measure_on_target, runnable_here
     from autocompress.measure.quality import auc
 
     rows: list[dict[str, Any]] = []
     for name, path in models.items():
-        session = create_session(path, target)
-        latency = measure_exclusively(path, dataset.schema, target, cache_dir=cache_dir)
+        session = create_session(path, runnable_here(target))
+        latency = measure_on_target(path, dataset.schema, target, cache_dir=cache_dir).report
         rows.append(
             {
                 "name": name,
@@ -275,13 +297,13 @@ def remeasure_latency(
     neighbour's training step. The budget is checked again on the quiet figure (the in-trial one
     stays as ``latency_ms_in_trial``) and the cache entry is replaced, so the test comparison agrees.
     """
-    from autocompress.measure import measure_exclusively
+    from autocompress.measure.placement import measure_on_target
     from autocompress.search.pareto import Candidate
 
     confirmed = []
     for candidate in candidates:
         path = Path(str(candidate.metrics["onnx_path"]))
-        latency = measure_exclusively(path, dataset.schema, target, cache_dir=cache_dir, refresh=True)
+        latency = measure_on_target(path, dataset.schema, target, cache_dir=cache_dir, refresh=True).report
         metrics = {
             **candidate.metrics,
             "latency_ms_in_trial": candidate.metrics["latency_ms"],
@@ -302,24 +324,37 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
 
     from autocompress.data.registry import load_dataset
     from autocompress.measure import onnx_size_bytes
+    from autocompress.measure.placement import resolve_target
     from autocompress.report import html_report, pareto_plot
     from autocompress.search.pareto import Candidate, select_winner
     from autocompress.search.space import load_search_space
-    from autocompress.search.trial import SharedResources
+    from autocompress.search.trial import SharedResources, measured_target
     from autocompress.search.tuner import run_search
     from autocompress.store import TrialStatus
 
-    work.mkdir(parents=True, exist_ok=True)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = f"work_dir: cannot write the job's folder {str(work)!r}: {exc.strerror}"
+        raise AutocompressError(reason) from None
     space = load_search_space(spec.family, spec.preset, spec.search_space)
     budget = spec.budget or space.budget
-    target = spec.target.model_copy(
-        update={"batch_sizes": sorted({*spec.target.batch_sizes, budget.batch_size})}
-    )
+    target, note = resolve_target(measured_target(spec.target, budget))
+    notes = [note] if note else []
+    if note:
+        store.add_event(job_id, "log", note)
     train_config = spec.train_config()
 
     store.add_event(job_id, "log", f"loading data ({spec.dataset.kind})")
     dataset = load_dataset(spec.dataset)
-    store.add_event(job_id, "log", "training the reference model (the teacher and fp32 baseline)")
+    resumed = (work / "reference.json").is_file()
+    store.add_event(
+        job_id,
+        "log",
+        "loading the reference model trained before this resume"
+        if resumed
+        else "training the reference model (the teacher and fp32 baseline)",
+    )
     reference = train_reference(spec.family, dataset, train_config, work)
     shared = SharedResources(
         dataset=dataset,
@@ -349,6 +384,8 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
     ]
     store.add_event(job_id, "log", f"measuring the latency of {len(finished)} finished candidates again")
     finished = remeasure_latency(finished, dataset, target, budget, shared.cache_dir)
+    for candidate in finished:  # the store, the API's pareto view and the winner agree on the figures
+        store.record_trial(job_id, candidate.trial_id, TrialStatus.COMPLETED, metrics=candidate.metrics)
     selection = select_winner(finished)
 
     # the test split decides the comparison: the winner next to fp32 and ORT dynamic int8
@@ -360,7 +397,7 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
 
     plot = pareto_plot(finished, selection, work / "pareto.png", budget_latency_ms=budget.latency_ms)
     report = html_report(
-        f"autocompress job {spec.name} ({job_id})", rows, selection, plot, work / "report.html"
+        f"autocompress job {spec.name} ({job_id})", rows, selection, plot, work / "report.html", notes
     )
     model_id = None
     if selection.winner is not None:
@@ -388,6 +425,7 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
         rows=rows,
         report_path=str(report),
         model_id=model_id,
+        notes=notes,
     )
 
 

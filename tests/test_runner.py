@@ -73,3 +73,25 @@ def test_candidates_are_measured_again_and_judged_on_the_quiet_figure(tmp_path):
     assert measure_exclusively(path, setup.dataset.schema, target, cache_dir=cache).at(64, 99) == (
         confirmed.latency_ms
     )
+
+
+def test_a_resumed_job_loads_its_reference_instead_of_training_it_again(tiny_dataset, tmp_path, monkeypatch):
+    import autocompress.train
+    from autocompress.runner import train_reference
+
+    config = TrainConfig(epochs=1, batch_size=512, lr=3e-3, seed=0, early_stopping_patience=None)
+    first = train_reference("dlrm", tiny_dataset, config, tmp_path)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the reference was trained again")
+
+    monkeypatch.setattr(autocompress.train, "fit", no_training)
+    again = train_reference("dlrm", tiny_dataset, config, tmp_path)
+    assert again.valid_auc == first.valid_auc and again.onnx_path == first.onnx_path
+    for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert np.allclose(predict(again.model, tiny_dataset.valid), predict(first.model, tiny_dataset.valid))
+
+    # another training config is another reference: trained, not loaded
+    with pytest.raises(AssertionError, match="trained again"):
+        train_reference("dlrm", tiny_dataset, TrainConfig(epochs=1, batch_size=256, seed=0), tmp_path)

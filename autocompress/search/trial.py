@@ -5,8 +5,8 @@ sampled config and forwards every dict handed to ``report``. The metric names be
 the Tune callback and the store keep them as they are.
 
 Per-epoch reports (``stage="train"``, one per training epoch, so ASHA can stop a trial):
-``trial_id``, ``stage``, ``epoch``, ``train_loss``, ``valid_auc``, ``valid_logloss``, ``lr``,
-``seconds``.
+``trial_id``, ``stage``, ``node_id`` (the trial's Ray node; None without Ray), ``epoch``,
+``train_loss``, ``valid_auc``, ``valid_logloss``, ``lr``, ``seconds``.
 
 The final report (``stage="final"``, once, after a trial that was not stopped):
 
@@ -16,7 +16,9 @@ The final report (``stage="final"``, once, after a trial that was not stopped):
   ``epochs_trained``;
 - latency on the target: ``latency_ms`` (at the budget's batch size and percentile),
   ``p50_ms_b{B}``, ``p95_ms_b{B}``, ``p99_ms_b{B}`` for every measured batch size B (the
-  target's plus the budget's), ``latency_cache_hit``;
+  target's plus the budget's), ``latency_cache_hit``; where it ran: ``node_id``,
+  ``latency_node_id`` and ``latency_resource`` (the node that measured, and the resource it
+  was placed by: None when measured in the trial's process);
 - size: ``size_bytes`` (ONNX file plus external data), ``size_mb`` (10^6 bytes), ``size_ratio``
   (the reference's ONNX bytes over this model's: 16 means 16x smaller; None when unknown),
   ``params`` (parameters of the compressed torch model), ``macs`` (multiply-accumulates per
@@ -191,7 +193,7 @@ def run_trial(spec: TrialSpec, shared: SharedResources, report: Report | None = 
 
     build(arch) -> train on labels, or distil from ``shared.teacher`` -> ``apply_policy`` (torch-level
     techniques, fine-tune, export, ONNX-level techniques) -> quality on the valid split from ONNX
-    Runtime -> latency via ``measure_exclusively`` -> size -> ``shared.budget.check``. ``report`` gets
+    Runtime -> latency via ``measure_on_target`` -> size -> ``shared.budget.check``. ``report`` gets
     one dict per epoch and one final dict (see the module docstring); returning True from it, or
     raising ``TrialStopped``, ends the trial with status ``stopped``. Other errors propagate.
     """
@@ -200,7 +202,8 @@ def run_trial(spec: TrialSpec, shared: SharedResources, report: Report | None = 
     from autocompress.export import create_session
     from autocompress.measure import macs_per_example, onnx_size_bytes, parameter_count
     from autocompress.measure.evaluation import onnx_logits, quality_report
-    from autocompress.measure.latency_cache import cached_latency, latency_cache_key, measure_exclusively
+    from autocompress.measure.latency_cache import cached_latency, latency_cache_key
+    from autocompress.measure.placement import current_node_id, measure_on_target, runnable_here
     from autocompress.models import build
     from autocompress.techniques import TechniqueContext, apply_policy
     from autocompress.train import fit
@@ -212,7 +215,8 @@ def run_trial(spec: TrialSpec, shared: SharedResources, report: Report | None = 
             f"trial {spec.trial_id}: distill is true but the shared resources have no teacher model"
         )
     work_dir = shared.work_dir / spec.trial_id
-    metrics: dict[str, Any] = {"trial_id": spec.trial_id}
+    node_id = current_node_id()
+    metrics: dict[str, Any] = {"trial_id": spec.trial_id, "node_id": node_id}
     stopped = False
 
     def on_epoch(epoch: EpochReport) -> bool:
@@ -220,7 +224,10 @@ def run_trial(spec: TrialSpec, shared: SharedResources, report: Report | None = 
         if report is None:
             return False
         try:
-            stop = report({"trial_id": spec.trial_id, "stage": "train", **epoch.to_dict()}) is True
+            stop = report(
+                {"trial_id": spec.trial_id, "stage": "train", "node_id": node_id, **epoch.to_dict()}
+            )
+            stop = stop is True
         except TrialStopped:
             stop = True
         stopped = stopped or stop
@@ -270,7 +277,7 @@ def run_trial(spec: TrialSpec, shared: SharedResources, report: Report | None = 
     metrics["seconds_compress"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    session = create_session(onnx_path, shared.target)
+    session = create_session(onnx_path, runnable_here(shared.target))
     quality = quality_report(data.valid, onnx_logits(session, data.valid))
     del session
     for name, value in quality.items():
@@ -283,7 +290,10 @@ def run_trial(spec: TrialSpec, shared: SharedResources, report: Report | None = 
     target = measured_target(shared.target, budget)
     key = latency_cache_key(onnx_path, data.schema, target)
     metrics["latency_cache_hit"] = cached_latency(shared.cache_dir, key) is not None
-    latency = measure_exclusively(onnx_path, data.schema, target, cache_dir=shared.cache_dir, key=key)
+    placed = measure_on_target(onnx_path, data.schema, target, cache_dir=shared.cache_dir, key=key)
+    latency = placed.report
+    metrics["latency_node_id"] = placed.node_id
+    metrics["latency_resource"] = placed.resource
     metrics["latency_ms"] = latency.at(budget.batch_size, budget.percentile)
     for row in latency.rows:
         for p in (50, 95, 99):
