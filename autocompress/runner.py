@@ -347,13 +347,8 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
 
     store.add_event(job_id, "log", f"loading data ({spec.dataset.kind})")
     dataset = load_dataset(spec.dataset)
-    resumed = (work / "reference.json").is_file()
     store.add_event(
-        job_id,
-        "log",
-        "loading the reference model trained before this resume"
-        if resumed
-        else "training the reference model (the teacher and fp32 baseline)",
+        job_id, "log", "the reference model (the teacher and fp32 baseline): trained, or loaded on a resume"
     )
     reference = train_reference(spec.family, dataset, train_config, work)
     shared = SharedResources(

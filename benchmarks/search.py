@@ -41,7 +41,7 @@ from autocompress.measure import measure_exclusively, onnx_size_bytes
 from autocompress.runner import baseline_models, compare_on_test, remeasure_latency, train_reference
 from autocompress.search.pareto import Candidate, select_winner
 from autocompress.search.space import load_search_space
-from autocompress.search.trial import SharedResources
+from autocompress.search.trial import SharedResources, measured_target
 from autocompress.search.tuner import run_search
 from autocompress.spec import SearchSettings
 from autocompress.store import Store, TrialStatus
@@ -83,9 +83,7 @@ def run(quick: bool, trials: int, searches: list[str]) -> dict[str, Any]:
         spec = spec.model_copy(update={"dataset": DatasetSpec(kind="synthetic", scale="tiny")})
     space = load_search_space(spec.family, spec.preset, spec.search_space)
     budget = spec.budget or space.budget
-    target = spec.target.model_copy(
-        update={"batch_sizes": sorted({*spec.target.batch_sizes, budget.batch_size})}
-    )
+    target = measured_target(spec.target, budget)
     train_config = spec.train_config()
     dataset = load_dataset(spec.dataset)
     work = Path(tempfile.mkdtemp(prefix="ac-bench-search-"))
