@@ -84,7 +84,7 @@ def serve(
     import ray
     from ray import serve as ray_serve
 
-    from serve_app.serve import ServeSettings, init_local_ray, run_locally
+    from serve_app.serve import ServeSettings, ingress_urls, init_local_ray, run_locally
 
     settings = ServeSettings.from_dict(settings_args, where="serve")
     Path(settings.artifact_root).mkdir(parents=True, exist_ok=True)
@@ -112,6 +112,8 @@ def serve(
     node = ray.get_runtime_context().get_node_id()
     metrics = next((n.get("MetricsExportPort") for n in ray.nodes() if n.get("NodeID") == node), None)
     console.print(f"serving on http://{host}:{port} (health: /healthz, API docs: /docs)", highlight=False)
+    for url in ingress_urls():
+        console.print(f"and on {url}, the API replica itself (no proxy hop: lowest latency)", highlight=False)
     console.print(f"models from {settings.artifact_root}, database {settings.db_url}", highlight=False)
     if metrics:
         console.print(f"Prometheus metrics: http://127.0.0.1:{metrics}/metrics", highlight=False)

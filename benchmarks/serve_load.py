@@ -223,10 +223,12 @@ def settings_for(db_url: str, root: Path, *, batching: bool = True, replicas: in
     )
 
 
-def deploy(db_url: str, root: Path, port: int, *, batching: bool, replicas: int = 1) -> Any:
-    from serve_app.serve import run_locally
+def deploy(db_url: str, root: Path, port: int, *, batching: bool, replicas: int = 1) -> str:
+    """Run the application; the base URL of its ingress replica (direct ingress), else of the proxy."""
+    from serve_app.serve import ingress_urls, run_locally
 
-    return run_locally(settings_for(db_url, root, batching=batching, replicas=replicas), port=port, name=APP)
+    run_locally(settings_for(db_url, root, batching=batching, replicas=replicas), port=port, name=APP)
+    return (ingress_urls(APP) or [f"http://127.0.0.1:{port}"])[0]
 
 
 def kill_a_replica_holding(model_server: Any, model_id: str) -> str:
@@ -287,17 +289,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             configure_logging=False,
         )
         port = _free_port()
-        url = f"http://127.0.0.1:{port}/v1/models/{model_id}/predict"
+        path = f"/v1/models/{model_id}/predict"
         try:
             for mode, batching in (("serve_batched", True), ("serve_unbatched", False)):
-                deploy(db_url, root, port, batching=batching)
+                url = deploy(db_url, root, port, batching=batching) + path
+                print(f"{mode}: {url}")
                 asyncio.run(http_load(url, bodies, 8, 400, 10.0))  # warm-up: model open, connections
                 for c in CONCURRENCY:
                     result = asyncio.run(http_load(url, bodies, c, args.max_requests, args.seconds))
                     rows.append(result.row(mode, c))
                     print(rows[-1])
 
-            deploy(db_url, root, port, batching=True, replicas=2)
+            url = deploy(db_url, root, port, batching=True, replicas=2) + path
             deadline = time.monotonic() + 60
             while running_replicas() < 2 and time.monotonic() < deadline:
                 time.sleep(0.5)

@@ -9,7 +9,10 @@ and whether to batch at all come from the deployment's ``user_config`` and can c
 restart. ``check_health`` fails a replica that can no longer read the artifact root.
 
 ``HandlePredictor`` is the API side: the ``Predictor`` the routes call, sending validated inputs
-to the deployment with the model id as the multiplexed id.
+to the deployment with the model id as the multiplexed id. With batching on it batches too, per
+model on its ingress replica (``Coalescer``): the requests that arrive while earlier calls are
+out go to ``ModelServer`` as one call, so under load the hop between the deployments and a
+replica's per-request work are paid once per batch, not once per request.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +37,9 @@ from autocompress.serving import (
     ModelRunner,
     PackedFeatures,
     Side,
+    join_features,
     pack_features,
+    split_rows,
     unpack_features,
 )
 from autocompress.store import Store
@@ -44,6 +50,21 @@ DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.0
 REPLICA_ATTEMPTS = 3
 REPLICA_RETRY_DELAY_S = 0.2
+
+
+def batching_config(config: dict[str, Any]) -> tuple[bool, int, float]:
+    """``user_config`` of either deployment -> (batching on, max batch size, batch wait timeout in s)."""
+    unknown = sorted(set(config) - {"batching", "max_batch_size", "batch_wait_timeout_s"})
+    if unknown:
+        raise AutocompressError(
+            f"user_config: unknown field(s) {unknown}; allowed: "
+            "['batch_wait_timeout_s', 'batching', 'max_batch_size']"
+        )
+    return (
+        bool(config.get("batching", True)),
+        int(config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)),
+        float(config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_TIMEOUT_S)),
+    )
 
 
 def route_library_logs() -> None:
@@ -84,18 +105,10 @@ class ModelServer:
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Apply ``user_config``: ``batching`` (bool), ``max_batch_size``, ``batch_wait_timeout_s``."""
-        unknown = sorted(set(config) - {"batching", "max_batch_size", "batch_wait_timeout_s"})
-        if unknown:
-            raise AutocompressError(
-                f"user_config: unknown field(s) {unknown}; allowed: "
-                "['batch_wait_timeout_s', 'batching', 'max_batch_size']"
-            )
-        self._batching = bool(config.get("batching", True))
+        self._batching, max_batch_size, wait_s = batching_config(config)
         batched: Any = self._batched_logits  # serve.batch adds the setters to the wrapper
-        batched.set_max_batch_size(int(config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)))
-        batched.set_batch_wait_timeout_s(
-            float(config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_TIMEOUT_S))
-        )
+        batched.set_max_batch_size(max_batch_size)
+        batched.set_batch_wait_timeout_s(wait_s)
 
     async def logits(self, packed: PackedFeatures) -> np.ndarray:
         """Logits of one request for the multiplexed model id, batched with others when batching is on."""
@@ -130,29 +143,119 @@ class ModelServer:
             )
 
 
+class Coalescer:
+    """One model's logits calls from this ingress replica, sent on as few calls as the load allows.
+
+    At most ``max_in_flight`` calls are out at once; the requests that arrive meanwhile wait and
+    go out together, rows joined (up to ``max_batch_size`` requests a call, after waiting up to
+    ``batch_wait_timeout_s`` for more). Alone a request goes straight out; under load each call
+    carries what queued while the previous one ran. A failed call fails the requests it carried.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[Features], Awaitable[np.ndarray]],
+        *,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_TIMEOUT_S,
+        max_in_flight: int = 1,
+    ) -> None:
+        self._send = send
+        self.max_batch_size = max_batch_size
+        self.batch_wait_timeout_s = batch_wait_timeout_s
+        self.max_in_flight = max_in_flight
+        self._waiting: list[tuple[Features, asyncio.Future[np.ndarray]]] = []
+        self._senders: set[asyncio.Task[None]] = set()
+        self.calls = 0  # calls sent, for tests and logs
+
+    async def logits(self, features: Features) -> np.ndarray:
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._waiting.append((features, future))
+        if len(self._senders) < self.max_in_flight:
+            self._senders.add(asyncio.create_task(self._send_waiting()))
+        return await future
+
+    async def _send_waiting(self) -> None:
+        try:
+            while self._waiting:
+                if self.batch_wait_timeout_s > 0 and len(self._waiting) < self.max_batch_size:
+                    await asyncio.sleep(self.batch_wait_timeout_s)
+                batch = self._waiting[: self.max_batch_size]
+                del self._waiting[: len(batch)]
+                await self._send_batch(batch)
+        finally:  # in the same step as the last look at the queue, so no request is left behind
+            self._senders.discard(asyncio.current_task())
+
+    async def _send_batch(self, batch: list[tuple[Features, asyncio.Future[np.ndarray]]]) -> None:
+        self.calls += 1
+        try:
+            joined, counts = join_features([features for features, _ in batch])
+            parts = split_rows(await self._send(joined), counts)
+        except Exception as exc:  # the callers get it; a caller that went away is skipped
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except BaseException:  # this replica is stopping: its callers are cancelled with it
+            for _, future in batch:
+                future.cancel()
+            raise
+        for (_, future), part in zip(batch, parts, strict=True):
+            if not future.done():
+                future.set_result(part)
+
+
 class HandlePredictor:
     """The routes' ``Predictor`` in the Serve app: calls ``ModelServer`` with the model id multiplexed.
 
     Inputs travel packed into one buffer (``pack_features``). Errors a replica raises for a user's
     request (unknown model, not servable) come back as the same ``AutocompressError`` subclass, so
-    the API answers them as it would in process.
+    the API answers them as it would in process. With batching on (``reconfigure``, the same
+    ``user_config`` as ``ModelServer``'s) logits calls go through a ``Coalescer`` per model, with
+    up to ``max_in_flight`` calls out per model (the model replicas there can be).
     """
 
-    def __init__(self, handle: DeploymentHandle) -> None:
+    def __init__(self, handle: DeploymentHandle, max_in_flight: int = 1) -> None:
         self._handle = handle
         self._by_model: dict[str, DeploymentHandle] = {}
+        self._coalescers: dict[str, Coalescer] = {}
+        self._max_in_flight = max_in_flight
+        self._batching, self._max_batch_size, self._wait_s = batching_config({})
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Apply ``user_config``: ``batching`` (bool), ``max_batch_size``, ``batch_wait_timeout_s``."""
+        self._batching, self._max_batch_size, self._wait_s = batching_config(config)
+        for coalescer in self._coalescers.values():
+            coalescer.max_batch_size, coalescer.batch_wait_timeout_s = self._max_batch_size, self._wait_s
 
     def _for(self, model_id: str) -> DeploymentHandle:
         handle = self._by_model.get(model_id)
         if handle is None:
             if len(self._by_model) >= 1024:
                 self._by_model.clear()
+                self._coalescers.clear()
             handle = self._handle.options(multiplexed_model_id=model_id)
             self._by_model[model_id] = handle
         return handle
 
     async def logits(self, model_id: str, features: Features) -> np.ndarray:
-        return await self._call(self._for(model_id).logits, pack_features(features))
+        if not self._batching:
+            return await self._send_logits(model_id, features)
+        coalescer = self._coalescers.get(model_id)
+        if coalescer is None:
+            self._for(model_id)
+            coalescer = Coalescer(
+                lambda joined: self._send_logits(model_id, joined),
+                max_batch_size=self._max_batch_size,
+                batch_wait_timeout_s=self._wait_s,
+                max_in_flight=self._max_in_flight,
+            )
+            self._coalescers[model_id] = coalescer
+        return await coalescer.logits(features)
+
+    async def _send_logits(self, model_id: str, features: Features) -> np.ndarray:
+        result: np.ndarray = await self._call(self._for(model_id).logits, pack_features(features))
+        return result
 
     async def embeddings(self, model_id: str, side: Side, features: Features) -> np.ndarray:
         return await self._call(self._for(model_id).embeddings, side, pack_features(features))

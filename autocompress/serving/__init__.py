@@ -15,8 +15,10 @@ from autocompress.serving._payload import (
     PackedFeatures,
     PayloadError,
     RequestEncoder,
+    join_features,
     pack_features,
     probabilities,
+    split_rows,
     top_k,
     unpack_features,
 )
@@ -44,10 +46,12 @@ __all__ = [
     "deploy_job_winner",
     "extract_towers",
     "find_towers",
+    "join_features",
     "load_encoders",
     "pack_features",
     "probabilities",
     "resolve_artifact",
+    "split_rows",
     "top_k",
     "unpack_features",
 ]

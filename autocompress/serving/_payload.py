@@ -14,6 +14,7 @@ Every refusal is a ``PayloadError`` whose ``field`` names the row and the featur
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -284,6 +285,31 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return order[:k]
 
 
+def join_features(requests: Sequence[Features]) -> tuple[Features, list[int]]:
+    """Several requests' inputs as one batch (rows concatenated, in order) and each request's row count.
+
+    ``np.split(outputs, np.cumsum(counts)[:-1])`` gives each request its rows back. Requests for
+    one model carry the same inputs; ``AutocompressError`` when they do not.
+    """
+    if not requests:
+        raise AutocompressError("features: no requests to join")
+    names = list(requests[0])
+    for i, request in enumerate(requests[1:], start=1):
+        if set(request) != set(names):
+            raise AutocompressError(
+                f"features: request {i} has inputs {sorted(request)}, request 0 has {sorted(names)}"
+            )
+    counts = [len(np.asarray(next(iter(r.values())))) if r else 0 for r in requests]
+    if len(requests) == 1:
+        return dict(requests[0]), counts
+    return {n: np.concatenate([np.asarray(r[n]) for r in requests]) for n in names}, counts
+
+
+def split_rows(outputs: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:
+    """The outputs of a joined batch (``join_features``) cut back into each request's rows."""
+    return np.split(outputs, np.cumsum(counts)[:-1]) if len(counts) > 1 else [outputs]
+
+
 def pack_features(features: Features) -> PackedFeatures:
     """Model inputs as one bytes buffer plus (name, dtype, shape) per input, for sending to a replica.
 
@@ -301,7 +327,7 @@ def unpack_features(packed: PackedFeatures) -> Features:
     features: Features = {}
     offset = 0
     for name, dtype, shape in spec:
-        array = np.frombuffer(buffer, dtype=np.dtype(dtype), count=int(np.prod(shape)), offset=offset)
+        array = np.frombuffer(buffer, dtype=np.dtype(dtype), count=math.prod(shape), offset=offset)
         features[name] = array.reshape(shape)
         offset += array.nbytes
     if offset != len(buffer):

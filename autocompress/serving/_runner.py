@@ -13,6 +13,7 @@ import numpy as np
 from autocompress.errors import AutocompressError
 from autocompress.export import create_session, feed
 from autocompress.serving._catalog import ServedModel
+from autocompress.serving._payload import join_features, split_rows
 from autocompress.serving._two_tower import SIDES, Side, extract_towers
 
 TOWER_CACHE = Path(tempfile.gettempdir()) / "autocompress-towers"
@@ -44,15 +45,11 @@ class ModelRunner:
 
     def logits_many(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[np.ndarray]:
         """Logits of several requests from one session run over their concatenated rows (dynamic batching)."""
-        if len(requests) == 1:
-            return [self.logits(requests[0])]
-        missing = [n for n in self._inputs if any(n not in r for r in requests)]
+        joined, counts = join_features([dict(r) for r in requests])
+        missing = [n for n in self._inputs if n not in joined]
         if missing:
             raise AutocompressError(f"features: missing input(s) {missing} required by the model")
-        joined = {n: np.concatenate([np.asarray(r[n]) for r in requests]) for n in self._inputs}
-        counts = [len(np.asarray(r[self._inputs[0]])) for r in requests] if self._inputs else []
-        logits = self.logits(joined)
-        return np.split(logits, np.cumsum(counts)[:-1])
+        return split_rows(self.logits(joined), counts)
 
     def embeddings(self, side: Side, features: Mapping[str, np.ndarray]) -> np.ndarray:
         """User or item vectors (float32 ``[rows, dim]``) from that tower's inputs.

@@ -29,7 +29,8 @@ def free_port() -> int:
 class Served:
     """The running application: its URL, store, artifact root, Ray temp folder and registered models."""
 
-    url: str
+    url: str  # Serve's HTTP proxy
+    direct: str  # the ingress replica itself (direct ingress)
     store: Store
     root: Path
     ray_dir: Path
@@ -45,7 +46,7 @@ def served() -> Iterator[Served]:
 
     from autocompress.techniques.dynamic_int8 import Config as DynamicInt8
     from autocompress.testing import tiny_setup
-    from serve_app.serve import ServeSettings, init_local_ray, run_locally
+    from serve_app.serve import ServeSettings, ingress_urls, init_local_ray, run_locally
 
     work = Path(tempfile.mkdtemp(prefix="ac-serve-"))  # short: Ray's socket paths live under it
     root = work / "artifacts"
@@ -83,7 +84,8 @@ def served() -> Iterator[Served]:
     )
     try:
         run_locally(settings, port=port)
-        yield Served(f"http://127.0.0.1:{port}", store, root, work / "ray", *ids)
+        (direct,) = ingress_urls()
+        yield Served(f"http://127.0.0.1:{port}", direct, store, root, work / "ray", *ids)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -80,3 +81,4 @@ def test_serve_starts_everything_in_one_command_and_stops_on_sigint() -> None:
         shutil.rmtree(work, ignore_errors=True)
     assert process.returncode == 0, output
     assert f"serving on http://127.0.0.1:{port}" in output
+    assert re.search(r"and on http://127\.0\.0\.1:\d+, the API replica itself", output), output

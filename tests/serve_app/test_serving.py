@@ -20,8 +20,8 @@ pytestmark = pytest.mark.slow
 TOL = 1e-5
 
 
-def _client(served: Served) -> httpx.Client:
-    return httpx.Client(base_url=served.url, timeout=60)
+def _client(served: Served, url: str | None = None) -> httpx.Client:
+    return httpx.Client(base_url=url or served.url, timeout=60)
 
 
 def _test_rows(n: int, start: int = 0) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
@@ -184,11 +184,27 @@ def test_two_tower_embeddings_over_http(served: Served) -> None:
         )
 
 
+def test_the_ingress_replica_answers_on_its_own_loopback_port_as_the_proxy_does(served: Served) -> None:
+    assert served.direct.startswith("http://127.0.0.1:") and served.direct != served.url
+    features, rows = _test_rows(4, start=40)
+    answers = []
+    for url in (served.url, served.direct):
+        with _client(served, url) as client:
+            response = client.post(f"/v1/models/{served.dlrm}/predict", json={"rows": rows})
+            assert response.status_code == 200, response.text
+            answers.append(response.json()["logits"])
+            assert client.get("/healthz").status_code == 200
+            assert client.post(f"/v1/models/{served.dlrm}/predict", json={"rows": []}).status_code == 422
+    assert answers[0] == answers[1]
+    np.testing.assert_allclose(answers[1], _in_process(served, served.dlrm, features), rtol=0, atol=TOL)
+
+
 def test_concurrent_requests_are_batched_into_correct_answers(served: Served) -> None:
+    """Through the ingress replica's port: its per-model batching (Coalescer) and ModelServer's."""
     requests = [_test_rows(1 + i % 3, start=200 + 5 * i) for i in range(24)]
 
     def call(rows: list[dict[str, Any]]) -> list[float]:
-        with _client(served) as client:
+        with _client(served, served.direct) as client:
             response = client.post(f"/v1/models/{served.dlrm}/predict", json={"rows": rows})
         assert response.status_code == 200, response.text
         return list(response.json()["logits"])

@@ -1,0 +1,99 @@
+"""Coalescer: requests for one model that queue up while calls are out go on as one call, rows intact."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from serve_app.deployments import Coalescer
+
+
+class Model:
+    """Stands in for the ModelServer call: logit of a row = its ``x``; records each call's row count."""
+
+    def __init__(self, seconds: float = 0.01, fail: bool = False) -> None:
+        self.seconds = seconds
+        self.fail = fail
+        self.calls: list[int] = []
+        self.out = 0
+        self.most_out = 0
+
+    async def __call__(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        self.calls.append(len(features["x"]))
+        self.out += 1
+        self.most_out = max(self.most_out, self.out)
+        await asyncio.sleep(self.seconds)
+        self.out -= 1
+        if self.fail:
+            raise RuntimeError("model replica said no")
+        return features["x"].astype(np.float32) * 2
+
+
+def _request(i: int, rows: int) -> dict[str, np.ndarray]:
+    return {"x": np.arange(rows, dtype=np.int64) + 100 * i, "y": np.full((rows, 3), i, dtype=np.int64)}
+
+
+def test_a_request_alone_goes_alone() -> None:
+    model = Model()
+    coalescer = Coalescer(model)
+
+    async def run() -> list[np.ndarray]:
+        return [await coalescer.logits(_request(i, 2)) for i in range(3)]
+
+    answers = asyncio.run(run())
+    assert model.calls == [2, 2, 2]
+    for i, got in enumerate(answers):
+        np.testing.assert_array_equal(got, (np.arange(2) + 100 * i) * 2)
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_requests_that_queue_go_as_one_call_and_get_their_own_rows(in_flight: int) -> None:
+    model = Model()
+    coalescer = Coalescer(model, max_batch_size=8, max_in_flight=in_flight)
+    sizes = [1 + i % 3 for i in range(20)]
+
+    async def run() -> list[np.ndarray]:
+        return list(await asyncio.gather(*(coalescer.logits(_request(i, n)) for i, n in enumerate(sizes))))
+
+    answers = asyncio.run(run())
+    for i, (n, got) in enumerate(zip(sizes, answers, strict=True)):
+        np.testing.assert_array_equal(got, (np.arange(n) + 100 * i) * 2)
+    assert sum(model.calls) == sum(sizes)
+    # all 20 queued before the first call went: calls of 8, 8 and 4 requests, `in_flight` at a time
+    assert model.calls == [sum(sizes[:8]), sum(sizes[8:16]), sum(sizes[16:])]
+    assert coalescer.calls == 3
+    assert model.most_out == in_flight
+
+
+def test_the_wait_timeout_fills_a_batch() -> None:
+    model = Model(seconds=0.001)
+    coalescer = Coalescer(model, max_batch_size=4, batch_wait_timeout_s=0.05)
+
+    async def run() -> None:
+        async def late(i: int) -> np.ndarray:
+            await asyncio.sleep(0.01 * i)
+            return await coalescer.logits(_request(i, 1))
+
+        await asyncio.gather(*(late(i) for i in range(4)))
+
+    asyncio.run(run())
+    assert model.calls == [4]
+
+
+def test_a_failed_call_fails_every_request_it_carried_and_the_next_ones_still_go() -> None:
+    model = Model(fail=True)
+    coalescer = Coalescer(model, max_batch_size=8)
+
+    async def run() -> list[object]:
+        return list(
+            await asyncio.gather(
+                *(coalescer.logits(_request(i, 1)) for i in range(5)), return_exceptions=True
+            )
+        )
+
+    results = asyncio.run(run())
+    assert all(isinstance(r, RuntimeError) and "said no" in str(r) for r in results)
+    model.fail = False
+    np.testing.assert_array_equal(asyncio.run(coalescer.logits(_request(7, 1))), [1400.0])
