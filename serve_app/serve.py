@@ -50,13 +50,21 @@ from serve_app.deployments import (
 )
 
 APP_NAME = "autocompress"
-# Ray Serve's throughput-optimized mode: user code and the handle's router on the replica's own
-# event loop, gRPC rather than actor calls between deployments, and direct ingress: every
-# ingress replica answers HTTP on a port of its own (``ingress_urls``) with no proxy hop; the
-# proxy keeps serving ``http_options.port`` too. Two of the mode's defaults are changed: log lines
-# are written as they happen (the mode holds 1000 in memory, so a quiet replica's lines would not
-# show and a crash would lose them), and a stopping ingress replica drains for 2 s, not 30 s
-# (the time cloud load balancers get to let go of it).
+# Ray Serve's latency switches, in the replicas' runtime env (right on any cluster): user code
+# and the handle's router on the replica's own event loop, gRPC rather than actor calls between
+# deployments, and log lines written as they happen.
+REPLICA_ENV = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+}
+# What the whole cluster is started with (``cluster_env``; the Serve controller reads it, so it
+# cannot come from a runtime env): Ray Serve's throughput-optimized mode, whose direct ingress has
+# every ingress replica answer HTTP on a port of its own (``ingress_urls``) with no proxy hop (the
+# proxy keeps serving ``http_options.port``). Two of the mode's defaults are changed: log lines
+# are not held 1000 at a time in memory (a quiet replica's would not show, a crash would lose
+# them), and a stopping ingress replica drains 2 s, not the 30 s given to cloud load balancers.
 THROUGHPUT_OPTIMIZED_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
@@ -126,7 +134,8 @@ class ServeSettings(SpecModel):
     a registered model's relative path is taken from ``base_dir`` (default: the working directory
     where the app is built). ``max_running_jobs`` > 0 lets the ingress launch search jobs on
     ``ray_address`` (default: the cluster the app runs on). ``throughput_optimized`` runs both
-    deployments with Ray Serve's latency switches (``THROUGHPUT_OPTIMIZED_ENV``).
+    deployments with Ray Serve's latency switches (``REPLICA_ENV``; a Ray started with
+    ``cluster_env`` adds direct ingress).
     """
 
     db_url: str = Field(min_length=1)
@@ -182,9 +191,9 @@ class Api:
         if self._settings.throughput_optimized:  # the handle keeps the options of where it was made
             model_server = model_server.options(_by_reference=False)
         m = self._settings.model_server
-        self._predictor = HandlePredictor(
-            model_server, max_in_flight=m.autoscaling.max_replicas if m.autoscaling else m.num_replicas
-        )
+        replicas = m.autoscaling.max_replicas if m.autoscaling else m.num_replicas
+        # two calls out per model replica: one runs while the next fills, so neither side waits
+        self._predictor = HandlePredictor(model_server, max_in_flight=2 * replicas)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """``user_config``: the model deployment's batching, which this replica's calls to it follow."""
@@ -198,7 +207,7 @@ def _replica_env(settings: ServeSettings) -> dict[str, Any]:
     """Environment of both deployments' replicas: Ray Serve's latency switches when asked for."""
     if not settings.throughput_optimized:
         return {}
-    return {"runtime_env": {"env_vars": dict(THROUGHPUT_OPTIMIZED_ENV)}}
+    return {"runtime_env": {"env_vars": dict(REPLICA_ENV)}}
 
 
 def build_app(args: dict[str, Any]) -> Any:
@@ -231,10 +240,10 @@ def build_app(args: dict[str, Any]) -> Any:
 
 
 def cluster_env(settings: ServeSettings) -> dict[str, str]:
-    """Environment to start a local Ray with (before ``ray.init``), so Serve's proxy gets it too.
+    """Environment to start a local Ray with (before ``ray.init``): Serve's throughput-optimized mode.
 
-    The deployments carry it in their runtime env as well; only the proxy, started by Serve
-    itself, needs it from the cluster. This process keeps Ray Serve's defaults.
+    Ray's processes (the Serve controller and proxy among them) take it from the environment
+    they are started in; on a cluster, ``ray start`` with these variables does the same.
     """
     return dict(THROUGHPUT_OPTIMIZED_ENV) if settings.throughput_optimized else {}
 

@@ -27,6 +27,7 @@ from autocompress.errors import AutocompressError
 from autocompress.serving._encoders import FeatureEncoders
 
 MAX_ROWS = 10_000
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _SCALARS = (str, int, float, bool, type(None))
 
 Kind = Literal["dense", "id", "multi_hot", "sequence"]
@@ -204,16 +205,18 @@ def _dense(spec: _FeatureSpec, column: list[Any], label: Callable[[int], str]) -
     if spec.scaler is not None:
         raw = np.array([np.nan if v is None else v for v in column], dtype=np.float64)
         return spec.scaler.transform(raw)
-    with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused below
-        values = np.array(column, dtype=np.float64).astype(np.float32)
-    bad = np.flatnonzero(~np.isfinite(values))
+    try:
+        values = np.array(column, dtype=np.float64)
+    except OverflowError:  # an integer beyond float64
+        values = np.array([v if abs(v) <= _FLOAT32_MAX else np.inf for v in column], dtype=np.float64)
+    bad = np.flatnonzero(~(np.abs(values) <= _FLOAT32_MAX))  # NaN and inf fail too
     if bad.size:
         i = int(bad[0])
         raise PayloadError(
             f"{label(i)}.{spec.name}",
             f"dense feature must be a finite float32 number, got {_show(column[i])}",
         )
-    return values
+    return values.astype(np.float32)
 
 
 def _check_id(spec: _FeatureSpec, value: object, where: str) -> None:

@@ -91,6 +91,7 @@ def test_long_sequences_keep_the_most_recent_values() -> None:
         ({"set": ("item_price", True)}, "rows[1].item_price", "must be a number, got boolean"),
         ({"set": ("item_price", float("nan"))}, "rows[1].item_price", "finite"),
         ({"set": ("item_price", 1e39)}, "rows[1].item_price", "finite"),
+        ({"set": ("item_price", -(10**400))}, "rows[1].item_price", "finite"),
         ({"set": ("user_id", 3.0)}, "rows[1].user_id", "must be an integer id, got float"),
         ({"set": ("user_id", "7")}, "rows[1].user_id", "must be an integer id, got string"),
         ({"set": ("user_id", [7])}, "rows[1].user_id", "must be an integer id, got array"),
