@@ -4,8 +4,11 @@
 ``serve run serve_app.serve:build_app`` call; ``run_locally`` is what ``autocompress serve``
 does. The ingress (``Api``) is the FastAPI app of ``serve_app.api.create_app`` with the serving
 routes of ``serve_app.inference``, whose predictor is a handle to ``ModelServer``
-(``serve_app.deployments``): multiplexed ONNX Runtime sessions with dynamic batching. Replicas,
-autoscaling (min / max replicas, target ongoing requests) and batching come from ``ServeSettings``.
+(``serve_app.deployments``): multiplexed ONNX Runtime sessions with dynamic batching, which the
+ingress replica also does per model before the call. Replicas, autoscaling (min / max replicas,
+target ongoing requests) and batching come from ``ServeSettings``. On a Ray started with
+``cluster_env`` every ingress replica also answers on a port of its own (``ingress_urls``),
+without the HTTP proxy's hop.
 
 Operations
 ----------
