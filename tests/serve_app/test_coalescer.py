@@ -97,3 +97,17 @@ def test_a_failed_call_fails_every_request_it_carried_and_the_next_ones_still_go
     assert all(isinstance(r, RuntimeError) and "said no" in str(r) for r in results)
     model.fail = False
     np.testing.assert_array_equal(asyncio.run(coalescer.logits(_request(7, 1))), [1400.0])
+
+
+def test_the_batching_user_config_is_read_strictly() -> None:
+    from autocompress.errors import AutocompressError
+    from serve_app.deployments import batching_config
+
+    assert batching_config({}) == (True, 32, 0.0)
+    assert batching_config({"batching": False, "max_batch_size": 8, "batch_wait_timeout_s": 0.002}) == (
+        False,
+        8,
+        0.002,
+    )
+    with pytest.raises(AutocompressError, match=r"user_config: unknown field\(s\) \['batch_size'\]; allowed"):
+        batching_config({"batch_size": 8})
