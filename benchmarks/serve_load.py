@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import sys
 import tempfile
 import threading
@@ -82,15 +81,6 @@ class LoadResult:
             "p50_ms": float(np.percentile(lat, 50)),
             "p99_ms": float(np.percentile(lat, 99)),
         }
-
-
-def _free_port() -> int:
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port != 6379:
-            return port
 
 
 MODELS: dict[str, dict[str, Any] | None] = {
@@ -277,6 +267,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from autocompress.serving import ModelCatalog, ModelRunner
     from autocompress.store import Store
+    from serve_app.launcher import free_port
     from serve_app.serve import init_local_ray
 
     rows: list[dict[str, Any]] = []
@@ -306,7 +297,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log_to_driver=False,
             configure_logging=False,
         )
-        port = _free_port()
+        port = free_port()
         try:
             for mode, batching in (("serve_batched", True), ("serve_unbatched", False)):
                 base = deploy(db_url, root, port, batching=batching)

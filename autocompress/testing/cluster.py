@@ -1,4 +1,4 @@
-"""A multi-node Ray cluster on this machine, for the multi-node tests and the scaling benchmark.
+"""Ray clusters on this machine for tests and benchmarks: a multi-node one, and a head in a process.
 
 ``local_cluster`` starts a head and workers with ``ray.cluster_utils.Cluster`` (each a real raylet with
 its own object store and worker processes), every address on 127.0.0.1, the GCS on a free port, in a
@@ -6,6 +6,10 @@ temporary folder of its own, and connects this process to it. Ray normally swaps
 the machine's own IP, which a loopback-only GCS does not answer on: the cluster switch below keeps it on
 127.0.0.1 for this process and the node processes it starts. Ray's address file stays in that folder,
 so a later plain ``ray.init()`` on this machine does not find this (by then stopped) cluster.
+
+``ray_head`` runs ``ray start --head --block`` as its own process group with its own temp folder
+(so its address file stays out of ``/tmp/ray`` as well), and stops it through that process, never
+with ``ray stop``, which would stop every Ray on the machine.
 """
 
 from __future__ import annotations
@@ -13,9 +17,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 LOOPBACK = "127.0.0.1"
@@ -83,4 +92,51 @@ def local_cluster(
             os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
         else:
             os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved_env
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def ray_head(
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    log: Path,
+    ready: Callable[[], bool],
+    ready_within_s: float,
+    stop_within_s: float = 60,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``ray start --head <args> --block`` in a process of its own, yielded once ``ready()`` is true.
+
+    Its output goes to ``log``; ``RuntimeError`` with the log's end if it exits or is not ready in
+    ``ready_within_s``. At the end it gets SIGTERM, and SIGKILL (its whole group) after
+    ``stop_within_s``.
+    """
+    temp_dir = tempfile.mkdtemp(prefix="ac-head-")  # short: Ray's socket paths must stay short
+    command = [str(Path(sys.executable).parent / "ray"), "start", "--head", *args, f"--temp-dir={temp_dir}"]
+    with log.open("w") as output:
+        head = subprocess.Popen(
+            [*command, "--block"],
+            env=dict(env),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + ready_within_s
+        while not ready():
+            if head.poll() is not None:
+                raise RuntimeError(f"the Ray head exited ({head.returncode}): {log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the Ray head was not ready in {ready_within_s} s: {log.read_text()[-3000:]}"
+                )
+            time.sleep(0.5)
+        yield head
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(stop_within_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(10)
         shutil.rmtree(temp_dir, ignore_errors=True)

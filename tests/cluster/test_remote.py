@@ -9,11 +9,8 @@ would stop every Ray on the machine.
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +20,7 @@ import pytest
 import yaml
 
 from autocompress.store import JobStatus, Store, TrialStatus
+from autocompress.testing.cluster import ray_head
 from serve_app.launcher import free_port
 
 pytestmark = pytest.mark.slow
@@ -45,47 +43,25 @@ def _env() -> dict[str, str]:
 def ray_head_with_jobs(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """(GCS address, Jobs API URL) of a Ray head with the dashboard on 127.0.0.1, free ports."""
     port, dashboard, agent = free_port(), free_port(), free_port()
-    temp_dir = tempfile.mkdtemp(prefix="ac-rj-")  # short: socket paths; not /tmp/ray
-    head = subprocess.Popen(
-        [
-            str(BIN / "ray"),
-            "start",
-            "--head",
-            f"--port={port}",
-            "--node-ip-address=127.0.0.1",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard}",
-            f"--dashboard-agent-listen-port={agent}",  # not the fixed default: another Ray may hold it
-            "--num-cpus=2",
-            f"--temp-dir={temp_dir}",
-            "--block",
-        ],
-        env=_env(),
-        stdout=(tmp_path / "ray-head.log").open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
     url = f"http://127.0.0.1:{dashboard}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert head.poll() is None, (tmp_path / "ray-head.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/api/jobs/", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the Jobs API did not answer within 90 s"
-            time.sleep(1)
-        yield f"127.0.0.1:{port}", url
-    finally:
-        head.send_signal(signal.SIGTERM)
+
+    def jobs_api_answers() -> bool:
         try:
-            head.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(10)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+            return httpx.get(f"{url}/api/jobs/", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    args = [
+        f"--port={port}",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        f"--dashboard-agent-listen-port={agent}",  # not the fixed default: another Ray may hold it
+        "--num-cpus=2",
+    ]
+    log = tmp_path / "ray-head.log"
+    with ray_head(args, env=_env(), log=log, ready=jobs_api_answers, ready_within_s=90):
+        yield f"127.0.0.1:{port}", url
 
 
 def _tiny_spec(tmp_path: Path, name: str) -> Path:

@@ -8,12 +8,9 @@ process connected to a Ray head this test starts (and stops) on a free port.
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -33,8 +30,9 @@ from autocompress.search.trial import SharedResources
 from autocompress.search.tuner import KILL_ONCE_ENV, run_search
 from autocompress.spec import SearchSettings, Target
 from autocompress.store import Store, TrialStatus
-from autocompress.testing import tiny_setup
+from autocompress.testing import cluster, tiny_setup
 from autocompress.train import TrainConfig, predict
+from serve_app.launcher import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -154,58 +152,20 @@ DRIVER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port if port != 6379 else _free_port()
-
-
-def _wait_for_port(port: int, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise AssertionError(f"the Ray head did not open port {port} within {seconds}s")
-
-
 @pytest.fixture()
 def ray_head(tmp_path: Path) -> Iterator[str]:
     """A Ray head on a free port in its own process (``--block``), stopped with it at the end."""
-    port = _free_port()
-    # its own (short: socket paths) temp dir, so the head's address file does not land in /tmp/ray,
-    # where every later ray.init() on this machine would try to connect to it
-    temp_dir = tempfile.mkdtemp(prefix="ac-ray-")
+    port = free_port()
+
+    def port_open() -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    head = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "ray"),
-            "start",
-            "--head",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--include-dashboard=false",
-            f"--temp-dir={temp_dir}",
-            "--block",
-        ],
-        env=env,
-        stdout=(tmp_path / "ray-head.log").open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        _wait_for_port(port, 60)
+    args = [f"--port={port}", "--num-cpus=2", "--include-dashboard=false"]
+    log = tmp_path / "ray-head.log"
+    with cluster.ray_head(args, env=env, log=log, ready=port_open, ready_within_s=60, stop_within_s=30):
         yield f"127.0.0.1:{port}"
-    finally:
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(10)
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_a_killed_driver_is_resumed_without_duplicate_trials(

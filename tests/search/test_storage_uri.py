@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from autocompress.job import JobSpec
 from autocompress.search.tuner import JOB_FILE, SearchOutcome, TuneRunLocation, run_search
 from autocompress.spec import SearchSettings
 from autocompress.store import Store, TrialStatus
+from serve_app.launcher import free_port
 
 from .test_faults import TRAIN, _settings, _shared, _space
 
@@ -37,13 +37,6 @@ CREDENTIALS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port if port != 6379 else _free_port()
-
-
 @pytest.fixture()
 def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A moto S3 server on a free loopback port with an empty bucket ``BUCKET``; yields host:port."""
@@ -53,7 +46,7 @@ def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,16 +12,7 @@ import pytest
 
 from autocompress.serving._runner import TOWER_CACHE
 from autocompress.store import Store
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (never Redis's 6379)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port != 6379:
-            return port
+from serve_app.launcher import free_port
 
 
 @dataclass

@@ -23,7 +23,7 @@ from autocompress.cli import app
 from autocompress.export import create_session, feed
 from autocompress.spec import Target
 from autocompress.store import Store
-from tests.serve_app.conftest import free_port
+from serve_app.launcher import free_port
 from tests.serving.conftest import Registry
 
 pytestmark = pytest.mark.slow

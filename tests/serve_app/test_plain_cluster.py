@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from autocompress.store import Store
-from tests.serve_app.conftest import free_port
+from serve_app.launcher import free_port
 from tests.serving.conftest import Registry
 
 pytestmark = pytest.mark.slow
