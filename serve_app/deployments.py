@@ -243,7 +243,6 @@ class HandlePredictor:
             return await self._send_logits(model_id, features)
         coalescer = self._coalescers.get(model_id)
         if coalescer is None:
-            self._for(model_id)
             coalescer = Coalescer(
                 lambda joined: self._send_logits(model_id, joined),
                 max_batch_size=self._max_batch_size,

@@ -288,7 +288,7 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return order[:k]
 
 
-def join_features(requests: Sequence[Features]) -> tuple[Features, list[int]]:
+def join_features(requests: Sequence[Mapping[str, np.ndarray]]) -> tuple[Features, list[int]]:
     """Several requests' inputs as one batch (rows concatenated, in order) and each request's row count.
 
     ``np.split(outputs, np.cumsum(counts)[:-1])`` gives each request its rows back. Requests for

@@ -45,7 +45,7 @@ class ModelRunner:
 
     def logits_many(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[np.ndarray]:
         """Logits of several requests from one session run over their concatenated rows (dynamic batching)."""
-        joined, counts = join_features([dict(r) for r in requests])
+        joined, counts = join_features(requests)
         missing = [n for n in self._inputs if n not in joined]
         if missing:
             raise AutocompressError(f"features: missing input(s) {missing} required by the model")
