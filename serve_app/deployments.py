@@ -166,14 +166,27 @@ class Coalescer:
         self.max_in_flight = max_in_flight
         self._waiting: list[tuple[Features, asyncio.Future[np.ndarray]]] = []
         self._senders: set[asyncio.Task[None]] = set()
+        self._out = 0  # calls out now: senders' and lone requests'
         self.calls = 0  # calls sent, for tests and logs
 
     async def logits(self, features: Features) -> np.ndarray:
+        if not self._waiting and self._out < self.max_in_flight and self.batch_wait_timeout_s <= 0:
+            self._out += 1  # alone: straight out from the caller's own task, no queue, no sender
+            self.calls += 1
+            try:
+                return await self._send(features)
+            finally:
+                self._out -= 1
+                self._start_sender()
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._waiting.append((features, future))
-        if len(self._senders) < self.max_in_flight:
-            self._senders.add(asyncio.create_task(self._send_waiting()))
+        self._start_sender()
         return await future
+
+    def _start_sender(self) -> None:
+        if self._waiting and self._out < self.max_in_flight:
+            self._out += 1
+            self._senders.add(asyncio.create_task(self._send_waiting()))
 
     async def _send_waiting(self) -> None:
         try:
@@ -184,6 +197,7 @@ class Coalescer:
                 del self._waiting[: len(batch)]
                 await self._send_batch(batch)
         finally:  # in the same step as the last look at the queue, so no request is left behind
+            self._out -= 1
             self._senders.discard(asyncio.current_task())
 
     async def _send_batch(self, batch: list[tuple[Features, asyncio.Future[np.ndarray]]]) -> None:
