@@ -25,7 +25,10 @@ the run; a client retries a failed request twice (0.1 s, 0.2 s later), and the r
 requests that finally succeeded.
 
 Targets: p50 overhead over in-process <= 3 ms at concurrency 1 (batching on, the default
-config); batching >= 3x the unbatched throughput at concurrency 32. Prints a table and writes
+config); batching >= 3x the unbatched throughput at concurrency 32. Each served point also
+reports the CPU milliseconds spent per request by the load client, the ingress replica and the
+model replica (from ``/proc``): at concurrency 1 the three run one after another, so their sum is
+about the latency, and it shows which hop the time goes to. Prints a table and writes
 ``benchmarks/results/serve_load.json``: ``rows``, and ``summary`` with the headline model's
 figures and every model's under ``by_model``. ``--quick`` is a smoke run on the tiny data.
 """
@@ -211,6 +214,36 @@ async def http_load(
     return result
 
 
+REPLICA_TITLES = {"ingress": f"ServeReplica:{APP}:Api", "model_server": f"ServeReplica:{APP}:ModelServer"}
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by this process (the load client) and by each deployment.
+
+    A deployment's replicas are the processes Ray titles ``ray::ServeReplica:<app>:<deployment>``,
+    read from ``/proc`` (empty where there is none).
+    """
+    if not Path("/proc/self/stat").exists():
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {"client": sum(os.times()[:2])}
+    for name, title in REPLICA_TITLES.items():
+        used[name] = 0.0
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if title.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    used[name] += (int(fields[11]) + int(fields[12])) / tick
+            except (OSError, IndexError, ValueError):  # the process ended meanwhile
+                continue
+    return used
+
+
+def cpu_ms_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
+    """What each process spent per request between two ``cpu_seconds`` readings, in CPU milliseconds."""
+    return {name: round((after[name] - before[name]) * 1e3 / max(1, requests), 3) for name in after}
+
+
 def settings_for(db_url: str, root: Path, *, batching: bool = True, replicas: int = 1) -> Any:
     from serve_app.serve import ServeSettings
 
@@ -308,8 +341,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         http_load(url, bodies[name], 8, 400, 10.0)
                     )  # warm-up: model open, connections
                     for c in CONCURRENCY:
+                        before = cpu_seconds()
                         result = asyncio.run(http_load(url, bodies[name], c, args.max_requests, args.seconds))
-                        rows.append({"model": name, **result.row(mode, c)})
+                        cpu = cpu_ms_per_request(before, cpu_seconds(), result.succeeded)
+                        rows.append({"model": name, **result.row(mode, c), "cpu_ms_per_request": cpu})
                         print(rows[-1])
 
             kill_id = models["reference"][0]
@@ -367,6 +402,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             / find(name, "serve_unbatched", 32)["throughput_rps"],
             "batched_vs_in_process_throughput_c32": find(name, "serve_batched", 32)["throughput_rps"]
             / find(name, "in_process_ort", 32)["throughput_rps"],
+            "cpu_ms_per_request_c1": find(name, "serve_batched", 1)["cpu_ms_per_request"],
         }
     summary: dict[str, Any] = {
         "model": HEADLINE,
@@ -415,9 +451,11 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
 
     table = Table(title="serving load: Ray Serve over HTTP vs in-process ONNX Runtime (1 row per request)")
-    for col in ("model", "mode", "clients", "requests", "failed", "req/s", "p50 ms", "p99 ms"):
+    columns = ("model", "mode", "clients", "requests", "failed", "req/s", "p50 ms", "p99 ms")
+    for col in (*columns, "CPU ms/req client/ingress/model"):
         table.add_column(col, justify="right")
     for r in result["rows"]:
+        cpu = r.get("cpu_ms_per_request") or {}
         table.add_row(
             r["model"],
             r["mode"],
@@ -427,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['throughput_rps']:.0f}",
             f"{r['p50_ms']:.2f}",
             f"{r['p99_ms']:.2f}",
+            "/".join(f"{ms:.2f}" for ms in cpu.values()),
         )
     console = Console(width=140)
     console.print(table)
