@@ -291,8 +291,8 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 def join_features(requests: Sequence[Mapping[str, np.ndarray]]) -> tuple[Features, list[int]]:
     """Several requests' inputs as one batch (rows concatenated, in order) and each request's row count.
 
-    ``np.split(outputs, np.cumsum(counts)[:-1])`` gives each request its rows back. Requests for
-    one model carry the same inputs; ``AutocompressError`` when they do not.
+    ``split_rows(outputs, counts)`` gives each request its rows back. Requests for one model carry
+    the same inputs; ``AutocompressError`` when they do not.
     """
     if not requests:
         raise AutocompressError("features: no requests to join")
