@@ -1,18 +1,23 @@
 # `make run` and `make test` each build .venv from scratch on a fresh machine (no step by hand).
+# Everything installs from requirements.lock, the exact set that CI last passed with; `make lock`
+# refreshes it from the ranges in pyproject.toml (see the README, "Installs").
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+LOCK_VENV := .lock-venv
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install run test lint bench fuzz clean
+.PHONY: install run test lint bench fuzz lock clean
 
-$(STAMP): pyproject.toml
+# --no-deps: the lock is the whole environment; `pip check` (and tests/test_lock.py) prove it whole
+$(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "torch==2.13.*"
-	$(PY) -m pip install --quiet -e ".[dev,postgres]"
+	$(PY) -m pip install --quiet --no-deps -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,5 +39,20 @@ bench: $(STAMP)
 fuzz: $(STAMP)
 	$(PY) benchmarks/fuzz.py
 
+# Resolve pyproject.toml's ranges afresh in a throw-away venv and freeze the result. torch comes
+# first as the CPU wheel (a plain resolve would take a multi-GB CUDA build).
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(LOCK_VENV)/bin/python -m pip install --quiet "torch==2.13.*"
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e ".[dev,postgres]"
+	$(LOCK_VENV)/bin/python -m pip check
+	{ echo "# Every package of .venv, direct and transitive: written by \`make lock\`, do not edit."; \
+	  echo "# Installed with --no-deps by \`make install\`; tests/test_lock.py checks .venv against it."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	rm -rf $(LOCK_VENV)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -19,7 +19,7 @@ from autocompress.search.budget import Budget
 from autocompress.search.recording import finished_status, trial_config
 from autocompress.search.space import SearchSpace, decode, load_search_space
 from autocompress.search.trial import SharedResources
-from autocompress.search.tuner import SearchOutcome, make_searcher, objective, run_search
+from autocompress.search.tuner import SEARCHERS, SearchOutcome, make_searcher, objective, run_search
 from autocompress.spec import SearchSettings, Target
 from autocompress.store import Store, TrialStatus
 from autocompress.testing import tiny_setup
@@ -312,3 +312,26 @@ def test_model_based_searchers_start_using_results_within_a_small_budget() -> No
     assert nsga2._sampler._population_size == 4
     evolution = make_searcher(SearchSettings(searcher="evolution", num_trials=6))
     assert (evolution.population_size, evolution.sample_size) == (2, 2)
+
+
+@pytest.mark.parametrize("name", sorted(SEARCHERS))
+def test_every_searcher_pickles_and_searches_on_after_unpickling(name: str) -> None:
+    import pickle
+
+    from ray import tune
+    from ray.tune.search import Searcher as TuneSearcher
+
+    searcher = make_searcher(SearchSettings(searcher=name, num_trials=6))
+    restored = pickle.loads(pickle.dumps(searcher))  # what Tuner does with it before any trial
+    assert type(restored) is type(searcher)
+    if not isinstance(searcher, TuneSearcher):
+        return  # the variant generator is fed by Tune itself; it only has to pickle
+    space = {"embedding_dim": tune.choice([8, 16]), "dropout": tune.uniform(0.0, 0.5)}
+    searcher.set_search_properties(None, None, space)
+    first = searcher.suggest("t0")
+    # mid-search, as in Tune's experiment checkpoint: the restored searcher goes on suggesting
+    restored = pickle.loads(pickle.dumps(searcher))
+    second = restored.suggest("t1")
+    assert first is not None and second is not None
+    assert set(first) == set(second) == {"embedding_dim", "dropout"}
+    assert second["embedding_dim"] in (8, 16) and 0.0 <= second["dropout"] <= 0.5

@@ -1,0 +1,61 @@
+"""The installed environment is the lock: a package installed by hand cannot hide a stale lock."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+LOCK = Path(__file__).resolve().parents[1] / "requirements.lock"
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _locked() -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for line in LOCK.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep, f"requirements.lock: {line!r} is not pinned with =="
+            pins[_canonical(name)] = version.strip()
+    return pins
+
+
+def test_the_lock_pins_every_direct_dependency_within_pyproject_ranges() -> None:
+    from packaging.requirements import Requirement
+
+    pins = _locked()
+    declared = metadata.requires("autocompress") or []
+    for text in declared:
+        req = Requirement(text)
+        extras = re.findall(r'extra == "([^"]+)"', str(req.marker)) if req.marker else []
+        if extras and not set(extras) & {"dev", "postgres"}:
+            continue  # extras that `make install` does not install (gpu, nni)
+        name = _canonical(req.name)
+        assert name in pins, f"{req.name} is declared in pyproject.toml but missing from requirements.lock"
+        assert req.specifier.contains(pins[name], prereleases=True), (
+            f"requirements.lock pins {req.name}=={pins[name]}, outside pyproject.toml's {req.specifier}"
+        )
+
+
+def test_installed_versions_equal_the_lock() -> None:
+    pins = _locked()
+    installed = {_canonical(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    wrong = {
+        name: (version, installed.get(name, "not installed"))
+        for name, version in pins.items()
+        if installed.get(name) != version
+    }
+    assert not wrong, f"installed packages differ from requirements.lock (locked, installed): {wrong}"
+
+
+def test_pip_check_is_clean() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "check"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
