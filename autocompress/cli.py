@@ -82,7 +82,7 @@ def _dataset(kind: str, scale: str, path: str | None, schema: str | None, rows: 
 def _train_and_print(
     dataset: Any, family: str, arch: dict[str, Any] | None, train_config: Any, out: Path, threads: int
 ) -> Any:
-    from autocompress.runner import train_and_measure
+    from autocompress.engine.model import train_and_measure
     from autocompress.spec import Target
 
     target = Target(intra_op_threads=threads)
@@ -350,7 +350,7 @@ def _search_and_print(
     import os
     import threading
 
-    from autocompress.runner import run_job
+    from autocompress.engine.job import run_job
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
@@ -399,16 +399,10 @@ def _search_and_print(
 
 def _progress_fields(store: Any, job_id: str) -> dict[str, Any]:
     """The progress bar's state: trials finished, the latest log line, and the best feasible so far."""
-    from autocompress.search.pareto import Candidate, select_winner
-    from autocompress.store import TrialStatus
+    from autocompress.search.pareto import finished_candidates, select_winner
 
     counts = store.job_progress(job_id)
-    trials = store.list_trials(job_id)
-    finished = [
-        Candidate.from_metrics(t.trial_key, t.metrics)
-        for t in trials
-        if t.status is TrialStatus.COMPLETED and "feasible" in t.metrics
-    ]
+    finished = finished_candidates(store.list_trials(job_id))
     winner = select_winner(finished).winner if finished else None
     events = store.list_events(job_id)
     status = f"running {counts.running}, failed {counts.failed}"

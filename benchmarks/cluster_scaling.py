@@ -30,11 +30,11 @@ from rich.table import Table
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from autocompress.engine.trial import SharedResources
+from autocompress.engine.tuner import run_search
 from autocompress.measure.quality import auc
 from autocompress.search.budget import Budget
 from autocompress.search.space import load_search_space
-from autocompress.search.trial import SharedResources
-from autocompress.search.tuner import run_search
 from autocompress.spec import SearchSettings, Target
 from autocompress.store import Store, TrialStatus
 from autocompress.testing import tiny_setup

@@ -36,13 +36,13 @@ from rich.console import Console
 from rich.table import Table
 
 from autocompress.data.registry import DatasetSpec, load_dataset
+from autocompress.engine.reference import baseline_models, compare_on_test, remeasure_latency, train_reference
+from autocompress.engine.trial import SharedResources, measured_target
+from autocompress.engine.tuner import run_search
 from autocompress.job import load_job_spec
 from autocompress.measure import measure_exclusively, onnx_size_bytes
-from autocompress.runner import baseline_models, compare_on_test, remeasure_latency, train_reference
-from autocompress.search.pareto import Candidate, select_winner
+from autocompress.search.pareto import Candidate, finished_candidates, select_winner
 from autocompress.search.space import load_search_space
-from autocompress.search.trial import SharedResources, measured_target
-from autocompress.search.tuner import run_search
 from autocompress.spec import SearchSettings
 from autocompress.store import Store, TrialStatus
 
@@ -117,7 +117,7 @@ def run(quick: bool, trials: int, searches: list[str]) -> dict[str, Any]:
         job = store.create_job({"benchmark": label}, name=label)
         console.print(f"searching with {label}: {trials} trials")
         started = time.perf_counter()
-        outcome = run_search(
+        run_search(
             space,
             settings,
             shared,
@@ -128,12 +128,8 @@ def run(quick: bool, trials: int, searches: list[str]) -> dict[str, Any]:
             distill=spec.distill,
         )
         wall = time.perf_counter() - started
-        completed = [
-            Candidate.from_metrics(t.trial_id, t.metrics)
-            for t in outcome.by_status(TrialStatus.COMPLETED)
-            if "feasible" in t.metrics
-        ]
         records = store.list_trials(job.id)
+        completed = finished_candidates(records)
         results[label] = {
             "trials": len(records),
             "completed": completed,

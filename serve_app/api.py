@@ -345,13 +345,9 @@ def _candidate_view(candidate: Any) -> dict[str, Any]:
 
 def _selection(trials: list[TrialRecord]) -> Any:
     """The Pareto front and winner over the trials that finished with a final report."""
-    from autocompress.search.pareto import Candidate, select_winner
+    from autocompress.search.pareto import finished_candidates, select_winner
 
-    finished = [
-        Candidate.from_metrics(t.trial_key, t.metrics)
-        for t in trials
-        if t.status is TrialStatus.COMPLETED and "feasible" in t.metrics
-    ]
+    finished = finished_candidates(trials)
     return select_winner(finished) if finished else None
 
 

@@ -6,6 +6,22 @@ import torch; the family modules are loaded on first use.
 """
 
 from autocompress.models.arch import ARCH_VERSION, ArchConfig
-from autocompress.models.registry import FAMILIES, arch_class, build, model_class, reference_arch
+from autocompress.models.registry import (
+    FAMILIES,
+    arch_class,
+    build,
+    load_arch,
+    model_class,
+    reference_arch,
+)
 
-__all__ = ["ARCH_VERSION", "FAMILIES", "ArchConfig", "arch_class", "build", "model_class", "reference_arch"]
+__all__ = [
+    "ARCH_VERSION",
+    "FAMILIES",
+    "ArchConfig",
+    "arch_class",
+    "build",
+    "load_arch",
+    "model_class",
+    "reference_arch",
+]

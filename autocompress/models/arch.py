@@ -1,7 +1,8 @@
 """ArchConfig: the versioned, JSON round-tripping architecture of one model family.
 
 Every dimension the architecture search varies is a field of a family's ArchConfig, so a trial's
-architecture is fully described by ``arch.to_dict()`` and rebuilt by ``ArchConfig.from_dict()``.
+architecture is fully described by ``arch.to_dict()`` and rebuilt by ``models.load_arch()``
+(the registry picks the family's class) or by the family class's ``from_dict()``.
 This module does not import torch: specs and the API can validate architectures without it.
 """
 
@@ -11,7 +12,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from autocompress.errors import AutocompressError
 
@@ -89,37 +90,28 @@ class ArchConfig:
 
     @classmethod
     def from_dict(cls: type[A], data: Mapping[str, Any]) -> A:
-        """Strict load: unknown keys are refused naming them and the allowed ones.
+        """Strict load of a family's architecture: unknown keys are refused naming the allowed ones.
 
-        On the base class the ``family`` key picks the family's ArchConfig; on a family's class
-        ``family`` may be omitted but must match when given.
+        ``family`` may be omitted but must match the class when given. A dict of any family is
+        loaded by ``autocompress.models.load_arch``, where the registry picks the class.
         """
         if not isinstance(data, Mapping):
             raise AutocompressError(f"arch: expected a mapping, got {type(data).__name__}")
+        if not cls.family:
+            raise AutocompressError("arch: ArchConfig is the base class; load with models.load_arch")
         values = dict(data)
         family = values.pop("family", None)
-        target: type[ArchConfig]
-        if cls is ArchConfig:
-            if family is None:
-                from autocompress.models.registry import FAMILIES
-
-                raise AutocompressError(f"arch: 'family' is required (one of {list(FAMILIES)})")
-            from autocompress.models.registry import arch_class
-
-            target = arch_class(family)
-        else:
-            target = cls
-            if family is not None and family != cls.family:
-                raise AutocompressError(
-                    f"{cls.family} arch: family {family!r} does not match (expected {cls.family!r})"
-                )
-        allowed = {f.name for f in fields(target)}
+        if family is not None and family != cls.family:
+            raise AutocompressError(
+                f"{cls.family} arch: family {family!r} does not match (expected {cls.family!r})"
+            )
+        allowed = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - allowed)
         if unknown:
             raise AutocompressError(
-                f"{target.family} arch: unknown field(s) {unknown}; allowed: {sorted(allowed | {'family'})}"
+                f"{cls.family} arch: unknown field(s) {unknown}; allowed: {sorted(allowed | {'family'})}"
             )
-        return cast(A, target(**values))
+        return cls(**values)
 
     @classmethod
     def from_json(cls: type[A], text: str) -> A:

@@ -40,6 +40,16 @@ def arch_class(family: str) -> type[ArchConfig]:
     return cls
 
 
+def load_arch(data: Mapping[str, Any]) -> ArchConfig:
+    """Strict load of an architecture dict of any family: its ``family`` key picks the class."""
+    if not isinstance(data, Mapping):
+        raise AutocompressError(f"arch: expected a mapping, got {type(data).__name__}")
+    family = data.get("family")
+    if family is None:
+        raise AutocompressError(f"arch: 'family' is required (one of {list(FAMILIES)})")
+    return arch_class(family).from_dict(data)
+
+
 def model_class(family: str) -> type[RankingModel]:
     """The torch module class of a family."""
     cls: type[RankingModel] = _lookup(family, 1)

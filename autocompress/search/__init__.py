@@ -1,7 +1,8 @@
-"""Search: typed search-space distributions and budgets.
+"""Search vocabulary: typed distributions, search spaces, budgets, the Pareto front, Tune domains.
 
-The trial pipeline lives in ``autocompress.search.trial`` and is not re-exported here: techniques
-import the distributions from this package, and the trial imports the techniques.
+A leaf below the techniques and the models (which declare their search spaces with the
+distributions) and below ``autocompress.engine``, which runs the search (trials, the Tune
+layer, recording, cancel). Nothing here runs a trial.
 """
 
 from autocompress.search.budget import Budget, Feasibility

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from autocompress.store import TrialRecord
 
 NO_FEASIBLE_MODEL = "no feasible model"
 
@@ -28,7 +31,7 @@ class Candidate:
 
     @classmethod
     def from_metrics(cls, trial_id: str, metrics: Mapping[str, Any]) -> Candidate:
-        """Build from a trial's final report (the names ``autocompress.search.trial`` documents)."""
+        """Build from a trial's final report (the names ``autocompress.engine.trial`` documents)."""
         return cls(
             trial_id=trial_id,
             valid_auc=float(metrics["valid_auc"]),
@@ -52,6 +55,21 @@ class Candidate:
             or self.size_mb < other.size_mb
         )
         return no_worse and better
+
+
+def finished_candidates(trials: Iterable[TrialRecord]) -> list[Candidate]:
+    """What a front and a winner are chosen from: the trials COMPLETED with a final report.
+
+    Only a trial's final report carries ``feasible``; a trial that completed without one (its
+    candidate could not be scored) is no candidate.
+    """
+    from autocompress.store import TrialStatus
+
+    return [
+        Candidate.from_metrics(t.trial_key, t.metrics)
+        for t in trials
+        if t.status is TrialStatus.COMPLETED and "feasible" in t.metrics
+    ]
 
 
 def pareto_front(candidates: Iterable[Candidate]) -> list[Candidate]:

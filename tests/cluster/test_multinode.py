@@ -20,10 +20,10 @@ import pytest
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from autocompress.search.tuner import run_search
+from autocompress.engine.tuner import run_search
 from autocompress.store import Store, TrialStatus
 from autocompress.testing.cluster import local_cluster
-from tests.search.test_faults import TRAIN, _settings, _shared, _space
+from tests.engine.test_faults import TRAIN, _settings, _shared, _space
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,7 @@
 """The README's remote command, run as written against a real Ray head (dashboard and Jobs API on
 127.0.0.1): ``ray job submit -- autocompress search --spec job.yaml`` runs a whole job on the cluster,
 recorded in the database the command names. (``autocompress search --address`` from outside the
-cluster: tests/search/test_faults.py and the API launcher's tests.) The head is started with
+cluster: tests/engine/test_faults.py and the API launcher's tests.) The head is started with
 ``ray start --head --block`` and stopped through its own process, never with ``ray stop``, which
 would stop every Ray on the machine.
 """

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from autocompress.errors import AutocompressError
-from autocompress.models import FAMILIES, ArchConfig, arch_class, reference_arch
+from autocompress.models import FAMILIES, ArchConfig, arch_class, load_arch, reference_arch
 from autocompress.models.dcn_v2 import DCNv2Arch
 from autocompress.models.dlrm import DLRMArch
 from autocompress.models.two_tower import TwoTowerArch
@@ -20,8 +20,8 @@ def test_json_round_trip_of_reference_and_small_arch(family: str) -> None:
     for arch in (reference_arch(family), small_arch(family)):
         text = json.dumps(arch.to_dict())
         assert arch_class(family).from_dict(json.loads(text)) == arch
-        assert ArchConfig.from_json(text) == arch  # the base class dispatches on "family"
-        assert type(ArchConfig.from_json(text)) is arch_class(family)
+        assert load_arch(json.loads(text)) == arch  # the registry dispatches on "family"
+        assert type(load_arch(json.loads(text))) is arch_class(family)
         assert json.loads(text)["family"] == family
 
 
@@ -55,11 +55,13 @@ def test_unknown_key_is_refused_naming_it_and_the_allowed_ones() -> None:
         DLRMArch.from_dict({"embed_dim": 32})
 
 
-def test_base_from_dict_needs_a_known_family() -> None:
+def test_load_arch_needs_a_known_family() -> None:
     with pytest.raises(AutocompressError, match="'family' is required"):
-        ArchConfig.from_dict({"embedding_dim": 8})
+        load_arch({"embedding_dim": 8})
     with pytest.raises(AutocompressError, match=r"unknown model family 'nope'; known families: \['dlrm'"):
-        ArchConfig.from_dict({"family": "nope"})
+        load_arch({"family": "nope"})
+    with pytest.raises(AutocompressError, match="base class"):
+        ArchConfig.from_dict({"family": "dlrm"})
     with pytest.raises(AutocompressError, match="family 'din' does not match"):
         DLRMArch.from_dict({"family": "din"})
 

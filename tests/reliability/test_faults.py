@@ -25,21 +25,21 @@ import pytest
 import yaml
 from sqlalchemy.engine import URL, make_url
 
+from autocompress.engine.job import run_job
+from autocompress.engine.tuner import run_search
 from autocompress.errors import AutocompressError
 from autocompress.job import JobSpec
-from autocompress.runner import run_job
-from autocompress.search.tuner import run_search
 from autocompress.serving import ModelCatalog
 from autocompress.store import ConflictError, JobStatus, Store, TrialStatus
 from serve_app.api import Settings
 from serve_app.launcher import RELAUNCH_EVENT, free_port
 from tests.api.conftest import RunningApi, running_api
-from tests.search.test_faults import SPACE, TRAIN, _settings, _shared, _space
+from tests.engine.test_faults import SPACE, TRAIN, _settings, _shared, _space
 from tests.serving.conftest import Registry
 from tests.store.test_store import _fresh_pg_schema
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
-# the tiny search of tests/search/test_faults.py on fewer rows, submitted over the API; one trial at a time
+# the tiny search of tests/engine/test_faults.py on fewer rows, submitted over the API; one trial at a time
 SEARCH_JOB: dict[str, Any] = {
     "name": "restart",
     "dataset": {"kind": "synthetic", "scale": "tiny", "options": {"n_rows": 10_000}},
@@ -219,7 +219,7 @@ def test_an_api_restarted_mid_search_keeps_jobs_and_trials_and_the_search_goes_o
     after = {t["trial_key"]: t for t in trials}
     for key, trial in before.items():  # finished before the restart: kept as they were, not rerun
         assert after[key]["attempts"] == 1 and after[key]["finished_at"] == trial["finished_at"]
-        # the job measures every finished candidate's latency again once no trial runs (runner.py)
+        # the job measures every finished candidate's latency again once no trial runs (engine.comparison)
         remeasured = {"latency_ms", "latency_ms_in_trial", "feasible", "violations", "distance_to_feasible"}
         kept = {k: v for k, v in after[key]["metrics"].items() if k not in remeasured}
         assert kept == {k: v for k, v in trial["metrics"].items() if k not in remeasured}

@@ -13,13 +13,13 @@ import yaml
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from autocompress.engine.recording import finished_status, trial_config
+from autocompress.engine.trial import SharedResources
+from autocompress.engine.tuner import SEARCHERS, SearchOutcome, make_searcher, objective, run_search
 from autocompress.errors import AutocompressError
 from autocompress.measure.quality import auc
 from autocompress.search.budget import Budget
-from autocompress.search.recording import finished_status, trial_config
 from autocompress.search.space import SearchSpace, decode, load_search_space
-from autocompress.search.trial import SharedResources
-from autocompress.search.tuner import SEARCHERS, SearchOutcome, make_searcher, objective, run_search
 from autocompress.spec import SearchSettings, Target
 from autocompress.store import Store, TrialStatus
 from autocompress.testing import tiny_setup
@@ -303,7 +303,7 @@ def test_the_stored_config_of_an_undecodable_sample_keeps_the_sample(tmp_path: P
 
 
 def test_model_based_searchers_start_using_results_within_a_small_budget() -> None:
-    from autocompress.search.tuner import warmup_trials
+    from autocompress.engine.tuner import warmup_trials
 
     assert [warmup_trials(n) for n in (1, 6, 12, 30, 100)] == [2, 2, 4, 10, 10]
     tpe = make_searcher(SearchSettings(searcher="tpe", num_trials=6))

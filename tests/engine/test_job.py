@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from autocompress.engine.job import run_job
 from autocompress.job import JobSpec, load_job_spec
-from autocompress.runner import run_job
 from autocompress.search.pareto import NO_FEASIBLE_MODEL
 from autocompress.store import JobStatus, Store, TrialStatus
 

@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from autocompress.engine.cancel import CancelStopper, raise_if_cancelled
+from autocompress.engine.recording import TrialRecorder, finished_status, trial_metrics
+from autocompress.engine.trial import SharedResources
 from autocompress.errors import AutocompressError
-from autocompress.search.cancel import CancelStopper, raise_if_cancelled
-from autocompress.search.recording import TrialRecorder, finished_status, trial_metrics
 from autocompress.search.space import SearchSpace
-from autocompress.search.trial import SharedResources
 from autocompress.spec import MULTI_OBJECTIVE_SEARCHERS, SearchSettings, storage_uri_scheme
 from autocompress.store import Store, TrialStatus
 from autocompress.train.config import TrainConfig
@@ -118,7 +118,7 @@ def _tpe(settings: SearchSettings) -> Searcher:
 def _nsga2(settings: SearchSettings) -> Searcher:
     from ray.tune.search.optuna import OptunaSearch
 
-    from autocompress.search.searchers import PicklableNSGAIISampler
+    from autocompress.engine.searchers import PicklableNSGAIISampler
 
     _quiet_optuna_list_choices()
     population = max(2, warmup_trials(settings.num_trials))
@@ -130,7 +130,7 @@ def _nsga2(settings: SearchSettings) -> Searcher:
 
 
 def _evolution(settings: SearchSettings) -> Searcher:
-    from autocompress.search.searchers import RegularizedEvolution
+    from autocompress.engine.searchers import RegularizedEvolution
 
     population = max(2, warmup_trials(settings.num_trials))
     return RegularizedEvolution(
@@ -201,8 +201,8 @@ def search_trainable(
     """One Tune trial: decode the sample, run the pipeline, forward the reports to ``tune.report``."""
     from ray import tune
 
+    from autocompress.engine.trial import TrialSpec, run_trial
     from autocompress.search.space import decode
-    from autocompress.search.trial import TrialSpec, run_trial
 
     _kill_once_for_tests()
     arch, policy = decode(space, config)

@@ -70,9 +70,9 @@ def trial_config(
 
     A sample that does not decode (the trial will fail and say why) keeps only ``sampled``.
     """
+    from autocompress.engine.trial import TrialSpec
     from autocompress.errors import AutocompressError
     from autocompress.search.space import decode
-    from autocompress.search.trial import TrialSpec
 
     flat = {k: v for k, v in sampled.items() if k.startswith(("arch.", "policy."))}
     try:

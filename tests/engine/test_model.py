@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from autocompress.engine.model import train_and_measure
 from autocompress.export import create_session
 from autocompress.measure.evaluation import onnx_logits
 from autocompress.models import FAMILIES, build
-from autocompress.runner import train_and_measure
 from autocompress.spec import Target
 from autocompress.train import TrainConfig, predict
 
@@ -50,8 +50,8 @@ def test_family_beats_popularity_and_onnx_matches_torch(family, tiny_dataset, tm
 
 
 def test_candidates_are_measured_again_and_judged_on_the_quiet_figure(tmp_path):
+    from autocompress.engine.comparison import remeasure_latency
     from autocompress.measure import measure_exclusively
-    from autocompress.runner import remeasure_latency
     from autocompress.search.budget import Budget
     from autocompress.search.pareto import Candidate
     from autocompress.testing import tiny_setup
@@ -77,7 +77,7 @@ def test_candidates_are_measured_again_and_judged_on_the_quiet_figure(tmp_path):
 
 def test_a_resumed_job_loads_its_reference_instead_of_training_it_again(tiny_dataset, tmp_path, monkeypatch):
     import autocompress.train
-    from autocompress.runner import train_reference
+    from autocompress.engine.reference import train_reference
 
     config = TrainConfig(epochs=1, batch_size=512, lr=3e-3, seed=0, early_stopping_patience=None)
     first = train_reference("dlrm", tiny_dataset, config, tmp_path)

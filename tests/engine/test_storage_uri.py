@@ -18,9 +18,9 @@ import pytest
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from autocompress.engine.tuner import JOB_FILE, SearchOutcome, TuneRunLocation, run_search
 from autocompress.errors import AutocompressError
 from autocompress.job import JobSpec
-from autocompress.search.tuner import JOB_FILE, SearchOutcome, TuneRunLocation, run_search
 from autocompress.spec import SearchSettings
 from autocompress.store import Store, TrialStatus
 from serve_app.launcher import free_port

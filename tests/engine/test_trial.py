@@ -7,13 +7,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from autocompress.engine.trial import SharedResources, TrialSpec, TrialStopped, run_trial
 from autocompress.errors import AutocompressError
 from autocompress.export import create_session
 from autocompress.measure import latency_cache, onnx_size_bytes
 from autocompress.measure.evaluation import onnx_logits
 from autocompress.measure.quality import auc
 from autocompress.search.budget import Budget
-from autocompress.search.trial import SharedResources, TrialSpec, TrialStopped, run_trial
 from autocompress.spec import Target
 from autocompress.techniques import Policy, apply_policy
 from autocompress.testing import TinySetup, tiny_setup

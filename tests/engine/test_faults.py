@@ -23,11 +23,11 @@ import yaml
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from autocompress.engine.trial import SharedResources
+from autocompress.engine.tuner import KILL_ONCE_ENV, run_search
 from autocompress.measure.quality import auc
 from autocompress.search.budget import Budget
 from autocompress.search.space import SearchSpace, load_search_space
-from autocompress.search.trial import SharedResources
-from autocompress.search.tuner import KILL_ONCE_ENV, run_search
 from autocompress.spec import SearchSettings, Target
 from autocompress.store import Store, TrialStatus
 from autocompress.testing import cluster, tiny_setup
@@ -137,7 +137,7 @@ DRIVER = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_faults import TRAIN, _settings, _shared, _space
 
-    from autocompress.search.tuner import run_search
+    from autocompress.engine.tuner import run_search
     from autocompress.store import Store
 
     root = Path({root!r})

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from autocompress.search.cancel import CancelStopper, JobCancelled, heartbeat, raise_if_cancelled
+from autocompress.engine.cancel import CancelStopper, JobCancelled, heartbeat, raise_if_cancelled
 from autocompress.store import JobStatus, Store
 
 

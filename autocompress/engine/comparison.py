@@ -1,0 +1,79 @@
+"""Judging finished candidates on quiet figures: latency measured again, and the test-split comparison."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from autocompress.data.table import Dataset
+from autocompress.spec import Target
+
+__all__ = ["compare_on_test", "remeasure_latency"]
+
+
+def compare_on_test(
+    models: Mapping[str, Path], dataset: Dataset, target: Target, budget: Any, cache_dir: Path
+) -> list[dict[str, Any]]:
+    """Test AUC, size and latency of each model, and each one's ratios to ``onnx_fp32`` (which must be there).
+
+    Latency is measured with ``measure_on_target`` on ``target`` at 1 (when the target has it) and
+    the budget's batch size; ``speedup_b256`` compares p50 at that batch size.
+    """
+    from autocompress.export import create_session
+    from autocompress.measure import onnx_size_bytes
+    from autocompress.measure.evaluation import onnx_logits
+    from autocompress.measure.placement import measure_on_target, runnable_here
+    from autocompress.measure.quality import auc
+
+    rows: list[dict[str, Any]] = []
+    for name, path in models.items():
+        session = create_session(path, runnable_here(target))
+        latency = measure_on_target(path, dataset.schema, target, cache_dir=cache_dir).report
+        rows.append(
+            {
+                "name": name,
+                "test_auc": auc(dataset.test.labels, onnx_logits(session, dataset.test)),
+                "size_mb": onnx_size_bytes(path) / 1e6,
+                "p50_ms_b1": latency.at(1, 50) if 1 in target.batch_sizes else None,
+                "p99_ms_b256": latency.at(budget.batch_size, 99),
+                "p50_ms_b256": latency.at(budget.batch_size, 50),
+            }
+        )
+    base = next(r for r in rows if r["name"] == "onnx_fp32")
+    for r in rows:
+        r["delta_auc"] = r["test_auc"] - base["test_auc"]
+        r["size_ratio"] = base["size_mb"] / r["size_mb"]
+        r["speedup_b256"] = base["p50_ms_b256"] / r["p50_ms_b256"]
+    return rows
+
+
+def remeasure_latency(
+    candidates: list[Any], dataset: Dataset, target: Target, budget: Any, cache_dir: Path
+) -> list[Any]:
+    """The finished candidates with latency measured again, one at a time, once no trial runs.
+
+    In-trial figures are taken while other trials train on the same node; a p99 there can be a
+    neighbour's training step. The budget is checked again on the quiet figure (the in-trial one
+    stays as ``latency_ms_in_trial``) and the cache entry is replaced, so the test comparison agrees.
+    """
+    from autocompress.measure.placement import measure_on_target
+    from autocompress.search.pareto import Candidate
+
+    confirmed = []
+    for candidate in candidates:
+        path = Path(str(candidate.metrics["onnx_path"]))
+        latency = measure_on_target(path, dataset.schema, target, cache_dir=cache_dir, refresh=True).report
+        metrics = {
+            **candidate.metrics,
+            "latency_ms_in_trial": candidate.metrics["latency_ms"],
+            "latency_ms": latency.at(budget.batch_size, budget.percentile),
+        }
+        feasibility = budget.check(metrics)
+        metrics.update(
+            feasible=feasibility.feasible,
+            violations=list(feasibility.violations),
+            distance_to_feasible=feasibility.distance,
+        )
+        confirmed.append(Candidate.from_metrics(candidate.trial_id, metrics))
+    return confirmed

@@ -1,0 +1,193 @@
+"""A whole search job: reference, search, quiet re-measurement, winner, test comparison, report.
+
+``run_job`` is what a driver runs (``autocompress search``, the REST API's launcher, ``make run``);
+it records everything in the store as it goes and never loses what is recorded when it fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autocompress.engine.comparison import compare_on_test, remeasure_latency
+from autocompress.engine.reference import baseline_models, train_reference
+from autocompress.errors import AutocompressError
+
+__all__ = ["JobResult", "run_job"]
+
+
+@dataclass
+class JobResult:
+    """The end of a search job: the winner (or why none), the comparison rows, the report's path."""
+
+    job_id: str
+    status: str
+    reason: str | None
+    winner_trial: str | None
+    rows: list[dict[str, Any]]
+    report_path: str | None
+    model_id: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def run_job(spec: Any, store: Any, work_dir: str | Path, *, job_id: str | None = None) -> JobResult:
+    """Run one search job end to end and record it: reference, search, winner, test comparison, report.
+
+    The job is RUNNING while it works (its heartbeat beating) and ends SUCCEEDED (with reason "no
+    feasible model" when no candidate meets the budget), FAILED with the error text, or CANCELLED
+    ("cancelled by X") when its cancel is requested: the search stops, its running trials end
+    STOPPED and no winner is registered. Nothing already recorded is lost.
+    """
+    from autocompress.engine.cancel import JobCancelled, heartbeat
+    from autocompress.store import JobStatus
+
+    job = store.get_job(job_id) if job_id is not None else store.create_job(spec.to_dict(), name=spec.name)
+    if job.status is not JobStatus.RUNNING:  # RUNNING: a launcher claimed it, or a lost driver's job resumes
+        store.set_job_status(job.id, JobStatus.RUNNING)
+    try:
+        with heartbeat(store, job.id):
+            if job.cancel_requested_by is not None:
+                raise JobCancelled(job.id, job.cancel_requested_by)
+            # absolute: trials run in Ray workers with other working directories
+            result = _search_job(spec, store, Path(work_dir).resolve() / job.id, job.id)
+    except JobCancelled as cancelled:
+        reason = f"cancelled by {cancelled.by}"
+        store.set_job_status(job.id, JobStatus.CANCELLED, reason=reason)
+        return JobResult(
+            job_id=job.id, status="CANCELLED", reason=reason, winner_trial=None, rows=[], report_path=None
+        )
+    except Exception as exc:
+        store.set_job_status(job.id, JobStatus.FAILED, reason=f"{type(exc).__name__}: {exc}")
+        raise
+    store.set_job_status(
+        job.id,
+        JobStatus.SUCCEEDED,
+        reason=result.reason,
+        result={
+            "winner_trial": result.winner_trial,
+            "rows": result.rows,
+            "report": result.report_path,
+            "model_id": result.model_id,
+            "notes": result.notes,
+        },
+    )
+    if spec.deploy and result.model_id is not None:
+        from autocompress.serving import deploy_job_winner
+
+        try:
+            deployment = deploy_job_winner(store, job.id)
+        except AutocompressError as exc:  # the job's result stands; the alias keeps what it served
+            store.add_event(job.id, "log", f"winner not deployed: {exc}")
+        else:
+            if deployment is not None:
+                store.add_event(job.id, "log", f"winner deployed as {deployment.alias!r}")
+    return result
+
+
+def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
+    import shutil
+
+    from autocompress.data.registry import load_dataset
+    from autocompress.engine.trial import SharedResources, measured_target
+    from autocompress.engine.tuner import run_search
+    from autocompress.measure import onnx_size_bytes
+    from autocompress.measure.placement import resolve_target
+    from autocompress.report import html_report, pareto_plot
+    from autocompress.search.pareto import finished_candidates, select_winner
+    from autocompress.search.space import load_search_space
+    from autocompress.store import TrialStatus
+
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = f"work_dir: cannot write the job's folder {str(work)!r}: {exc.strerror}"
+        raise AutocompressError(reason) from None
+    space = load_search_space(spec.family, spec.preset, spec.search_space)
+    budget = spec.budget or space.budget
+    target, note = resolve_target(measured_target(spec.target, budget))
+    notes = [note] if note else []
+    if note:
+        store.add_event(job_id, "log", note)
+    train_config = spec.train_config()
+
+    store.add_event(job_id, "log", f"loading data ({spec.dataset.kind})")
+    dataset = load_dataset(spec.dataset)
+    store.add_event(
+        job_id, "log", "the reference model (the teacher and fp32 baseline): trained, or loaded on a resume"
+    )
+    reference = train_reference(spec.family, dataset, train_config, work)
+    shared = SharedResources(
+        dataset=dataset,
+        teacher=reference.model,
+        reference_valid_auc=reference.valid_auc,
+        target=target,
+        budget=budget,
+        work_dir=work / "trials",
+        cache_dir=work / "latency-cache",
+        reference_size_bytes=onnx_size_bytes(reference.onnx_path),
+    )
+    store.add_event(job_id, "log", f"searching {space.name} with {spec.search.searcher}")
+    run_search(
+        space,
+        spec.search,
+        shared,
+        store=store,
+        job_id=job_id,
+        name=job_id,
+        train_config=train_config,
+        distill=spec.distill,
+    )
+    finished = finished_candidates(store.list_trials(job_id))
+    store.add_event(job_id, "log", f"measuring the latency of {len(finished)} finished candidates again")
+    finished = remeasure_latency(finished, dataset, target, budget, shared.cache_dir)
+    for candidate in finished:  # the store, the API's pareto view and the winner agree on the figures
+        store.record_trial(job_id, candidate.trial_id, TrialStatus.COMPLETED, metrics=candidate.metrics)
+    selection = select_winner(finished)
+
+    # the test split decides the comparison: the winner next to fp32 and ORT dynamic int8
+    store.add_event(job_id, "log", "measuring the winner and the baselines on the test split")
+    models = baseline_models(reference, dataset, work)
+    if selection.winner is not None:
+        models = {"winner": Path(str(selection.winner.metrics["onnx_path"])), **models}
+    rows = compare_on_test(models, dataset, target, budget, shared.cache_dir)
+
+    plot = pareto_plot(finished, selection, work / "pareto.png", budget_latency_ms=budget.latency_ms)
+    report = html_report(
+        f"autocompress job {spec.name} ({job_id})", rows, selection, plot, work / "report.html", notes
+    )
+    model_id = None
+    if selection.winner is not None:
+        from autocompress.serving import FeatureEncoders
+
+        artifact = work / "winner.onnx"
+        shutil.copyfile(models["winner"], artifact)
+        encoders = FeatureEncoders.from_dataset_info(dataset.info)
+        if encoders is not None:  # real data: served requests carry raw values, mapped as in training
+            encoders.save(work)
+        winner_row = next(r for r in rows if r["name"] == "winner")
+        model_id = store.register_model(
+            f"{spec.name}-winner",
+            artifact,
+            dataset.schema.to_dict(),
+            {**selection.winner.metrics, "test": {k: v for k, v in winner_row.items() if k != "name"}},
+            job_id=job_id,
+            trial_id=_trial_row_id(store, job_id, selection.winner.trial_id),
+        ).id
+    return JobResult(
+        job_id=job_id,
+        status="SUCCEEDED",
+        reason=selection.reason,
+        winner_trial=None if selection.winner is None else selection.winner.trial_id,
+        rows=rows,
+        report_path=str(report),
+        model_id=model_id,
+        notes=notes,
+    )
+
+
+def _trial_row_id(store: Any, job_id: str, trial_key: str) -> str | None:
+    for trial in store.list_trials(job_id):
+        if trial.trial_key == trial_key:
+            return str(trial.id)
+    return None
