@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import autocompress.cli_serve  # noqa: F401  (adds serve and predict to the app)
 from autocompress.cli import app
 from autocompress.export import create_session, feed
 from autocompress.spec import Target
@@ -28,8 +27,7 @@ from tests.serving.conftest import Registry
 
 pytestmark = pytest.mark.slow
 
-# the commands join ``autocompress.cli.app`` when ``autocompress.cli_serve`` is imported
-CLI = "import autocompress.cli_serve; from autocompress.cli import app; app()"
+CLI = "from autocompress.cli import app; app()"
 
 
 def test_serve_starts_everything_in_one_command_and_stops_on_sigint() -> None:

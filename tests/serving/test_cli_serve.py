@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 from typer.testing import CliRunner
 
-import autocompress.cli_serve  # noqa: F401  (adds serve and predict to the app)
 from autocompress.cli import app
 from autocompress.export import create_session, feed
 from autocompress.spec import Target

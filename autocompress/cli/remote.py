@@ -7,20 +7,21 @@ that cannot be reached.
 
 from __future__ import annotations
 
-import functools
 import getpass
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table as RichTable
 
+from autocompress.cli._common import user_errors
 from autocompress.client import API_TOKEN_ENV, API_URL_ENV, DEFAULT_API_URL, ApiClient
 from autocompress.errors import AutocompressError
+
+__all__ = ["jobs_app", "models_app"]
 
 jobs_app = typer.Typer(
     help="Search jobs on the REST API: submit, list, show, cancel, logs.", no_args_is_help=True
@@ -29,7 +30,6 @@ models_app = typer.Typer(
     help="Registered models on the REST API: list, show, download.", no_args_is_help=True
 )
 console = Console(soft_wrap=True)  # ids and paths stay whole, on one line
-F = TypeVar("F", bound=Callable[..., Any])
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 Url = Annotated[str, typer.Option("--url", envvar=API_URL_ENV, help="the API's base URL")]
@@ -37,18 +37,6 @@ Token = Annotated[
     str | None, typer.Option("--token", envvar=API_TOKEN_ENV, help="bearer token", show_default=False)
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="print the API's JSON answer")]
-
-
-def _user_errors(fn: F) -> F:
-    """The CLI's one-line error handling (``autocompress.cli._user_errors``), looked up when called."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from autocompress.cli import _user_errors as one_line_errors
-
-        return one_line_errors(fn)(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _print_json(value: Any) -> None:
@@ -89,7 +77,7 @@ def _read_spec(path: Path) -> dict[str, Any]:
 
 
 @jobs_app.command("submit")
-@_user_errors
+@user_errors
 def jobs_submit(
     spec: Annotated[Path, typer.Argument(help="the job spec (YAML or JSON)")],
     idempotency_key: Annotated[
@@ -124,7 +112,7 @@ def _wait(client: ApiClient, job_id: str, poll_s: float = 2.0) -> dict[str, Any]
 
 
 @jobs_app.command("list")
-@_user_errors
+@user_errors
 def jobs_list(
     status: Annotated[
         str | None, typer.Option(help="PENDING | RUNNING | SUCCEEDED | FAILED | CANCELLED")
@@ -151,7 +139,7 @@ def jobs_list(
 
 
 @jobs_app.command("show")
-@_user_errors
+@user_errors
 def jobs_show(
     job_id: Annotated[str, typer.Argument(help="the job's id")],
     as_json: AsJson = False,
@@ -175,7 +163,7 @@ def jobs_show(
 
 
 @jobs_app.command("cancel")
-@_user_errors
+@user_errors
 def jobs_cancel(
     job_id: Annotated[str, typer.Argument(help="the job's id")],
     by: Annotated[str | None, typer.Option(help="who cancels (default: your user name)")] = None,
@@ -191,7 +179,7 @@ def jobs_cancel(
 
 
 @jobs_app.command("logs")
-@_user_errors
+@user_errors
 def jobs_logs(
     job_id: Annotated[str, typer.Argument(help="the job's id")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the job ends")] = False,
@@ -213,7 +201,7 @@ def jobs_logs(
 
 
 @models_app.command("list")
-@_user_errors
+@user_errors
 def models_list(
     job: Annotated[str | None, typer.Option("--job", help="only the models of this job")] = None,
     limit: Annotated[int, typer.Option(help="page size")] = 50,
@@ -249,7 +237,7 @@ def _number(value: Any) -> str:
 
 
 @models_app.command("show")
-@_user_errors
+@user_errors
 def models_show(
     model_id: Annotated[str, typer.Argument(help="the model's id")],
     url: Url = DEFAULT_API_URL,
@@ -261,7 +249,7 @@ def models_show(
 
 
 @models_app.command("download")
-@_user_errors
+@user_errors
 def models_download(
     model_id: Annotated[str, typer.Argument(help="the model's id")],
     out: Annotated[

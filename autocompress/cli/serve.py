@@ -1,6 +1,6 @@
 """``autocompress serve`` (Ray, Ray Serve, the API and the store in one command) and ``autocompress predict``.
 
-Importing this module adds both commands to ``autocompress.cli.app``.
+Ray, Ray Serve and the serving library are imported inside the commands, so ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -16,19 +16,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table as RichTable
 
-from autocompress.cli import _user_errors, app, console
+from autocompress.cli._common import Db, console, user_errors
 from autocompress.errors import AutocompressError
 
-Db = Annotated[
-    str | None, typer.Option(help="database URL (default: AUTOCOMPRESS_DB_URL or ./autocompress.db)")
-]
+__all__ = ["predict", "serve"]
+
 ArtifactRoot = Annotated[
     Path, typer.Option(help="the only folder models are served from (`autocompress search --work-dir`)")
 ]
 
 
-@app.command()
-@_user_errors
+@user_errors
 def serve(
     db: Db = None,
     artifact_root: ArtifactRoot = Path("runs"),
@@ -182,8 +180,7 @@ def _predict_here(
     return {"model_id": served.id, "probabilities": probabilities(logits).tolist(), "logits": logits.tolist()}
 
 
-@app.command()
-@_user_errors
+@user_errors
 def predict(
     model: Annotated[str | None, typer.Argument(help="the model id (or give --alias)")] = None,
     alias: Annotated[str | None, typer.Option(help="the alias to predict with (e.g. ranking-prod)")] = None,
