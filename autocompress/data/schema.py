@@ -32,15 +32,22 @@ SCHEMA_VERSION = 1
 
 Side = Literal["user", "item", "context"]
 _SIDES = ("user", "item", "context")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+NAME_RULE = "use letters, digits and '_' (max 64), starting with a letter or '_'"
+
+
+def is_valid_name(name: object) -> bool:
+    """Whether ``name`` may name a feature, the label or the group id.
+
+    Names become ONNX input names and JSON keys, so they are identifiers (``NAME_RULE``); a
+    loader that reads columns with other headers maps them to such names.
+    """
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None
 
 
 def _check_name(kind: str, name: str) -> None:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise AutocompressError(
-            f"{kind} name {name!r} is not allowed: use letters, digits and '_' (max 64), "
-            "starting with a letter or '_'"
-        )
+    if not is_valid_name(name):
+        raise AutocompressError(f"{kind} name {name!r} is not allowed: {NAME_RULE}")
 
 
 def _check_side(name: str, side: str) -> None:

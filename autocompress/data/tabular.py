@@ -9,11 +9,21 @@ The YAML file names the columns and what they are::
     sparse:
       - {name: item_id, side: item, min_frequency: 2}
       - {name: tags, side: item, separator: "|", max_len: 5}   # separator: multi-hot
+      - {name: clothing_id, column: "Clothing ID", side: item}  # a header that is not a name
     sequence:
       - {name: clicked_items, shares_embedding_with: item_id, max_len: 20, separator: "|"}
     split: {method: time, fractions: [0.8, 0.1, 0.1]}
 
-Loading is strict: unknown keys are refused by name, and every column the YAML names must be in
+Every feature, the label and the group id has a ``name`` that is an identifier (letters, digits,
+``_``), because it becomes an ONNX input name and the key of a served request. It reads the column
+of that name, or the one ``column`` gives: real exports have headers such as ``Positive Feedback
+Count`` or ``Rating ⭐``, read as ``{name: rating, column: "Rating ⭐"}``; the label and the group id
+take the same form (``label: {name: recommended, column: "Recommended IND"}``). The timestamp is
+no feature and names its column directly. Several features may read one column (a price as a
+dense feature and as ids, a user id as the group and as a feature); nothing but the label may read
+the label's column, since a feature made of the answer would only teach the model to copy it.
+
+Loading is strict: unknown keys are refused by name, and every column the YAML reads must be in
 the data. Vocabularies and dense statistics are fitted on the train split only.
 """
 
@@ -27,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from autocompress.data.schema import Side
+from autocompress.data.schema import NAME_RULE, Side, is_valid_name
 from autocompress.data.splits import SplitMethod, split
 from autocompress.data.table import Dataset, Table
 from autocompress.data.vocab import (
@@ -44,10 +54,20 @@ DATA_EXTENSIONS = (".csv", ".csv.gz", ".parquet", ".pq")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 _SIDES = ("user", "item", "context")
 _TOP_KEYS = ("label", "group_id", "timestamp", "dense", "sparse", "sequence", "split")
-_DENSE_KEYS = ("name", "side")
-_SPARSE_KEYS = ("name", "side", "min_frequency", "max_size", "max_len", "separator")
-_SEQUENCE_KEYS = ("name", "shares_embedding_with", "max_len", "separator", "side")
+_NAMED_COLUMN_KEYS = ("name", "column")
+_DENSE_KEYS = ("name", "column", "side")
+_SPARSE_KEYS = ("name", "column", "side", "min_frequency", "max_size", "max_len", "separator")
+_SEQUENCE_KEYS = ("name", "column", "shares_embedding_with", "max_len", "separator", "side")
 _SPLIT_KEYS = ("method", "fractions")
+
+
+@dataclass(frozen=True)
+class TabularDense:
+    """A ``dense`` entry: the feature ``name`` read as numbers from the data column ``column``."""
+
+    name: str
+    column: str
+    side: Side = "context"
 
 
 @dataclass(frozen=True)
@@ -55,6 +75,7 @@ class TabularSparse:
     """A ``sparse`` entry: one id per row, or with ``separator`` a multi-hot list of ids."""
 
     name: str
+    column: str
     side: Side = "context"
     min_frequency: int = 1
     max_size: int | None = None
@@ -67,6 +88,7 @@ class TabularSequence:
     """A ``sequence`` entry: a delimited list of values (most recent last) in a sparse feature's ids."""
 
     name: str
+    column: str
     shares_embedding_with: str
     max_len: int
     separator: str = "|"
@@ -75,25 +97,54 @@ class TabularSequence:
 
 @dataclass(frozen=True)
 class TabularSchema:
-    """The parsed YAML schema file: which column is what, and how to encode and split them."""
+    """The parsed YAML schema file: which column is what, and how to encode and split them.
+
+    ``label`` and ``group_id`` are names (identifiers); ``label_column`` and ``group_id_column``
+    the data columns they are read from. ``timestamp`` is a data column.
+    """
 
     label: str
+    label_column: str
     group_id: str | None = None
+    group_id_column: str | None = None
     timestamp: str | None = None
-    dense: tuple[DenseEncoding, ...] = ()
+    dense: tuple[TabularDense, ...] = ()
     sparse: tuple[TabularSparse, ...] = ()
     sequence: tuple[TabularSequence, ...] = ()
     split_method: SplitMethod | None = None
     fractions: tuple[float, float, float] | None = None
 
     @property
+    def column_of(self) -> dict[str, str]:
+        """The data column each name reads: label, group id, then the features in input order."""
+        pairs = [(self.label, self.label_column)]
+        if self.group_id is not None:
+            pairs.append((self.group_id, self.group_id_column or self.group_id))
+        pairs += [(f.name, f.column) for f in self.features]
+        return dict(pairs)
+
+    @property
+    def features(self) -> tuple[TabularDense | TabularSparse | TabularSequence, ...]:
+        """Every feature entry in model input order: dense, sparse, sequence."""
+        return (*self.dense, *self.sparse, *self.sequence)
+
+    @property
+    def readers(self) -> list[tuple[str, str]]:
+        """``(who, column)`` for every use of a data column, label first: ``("label 'y'", "Y")``."""
+        uses = [(f"label {self.label!r}", self.label_column)]
+        if self.group_id is not None:
+            uses.append((f"group_id {self.group_id!r}", self.group_id_column or self.group_id))
+        if self.timestamp is not None:
+            uses.append(("timestamp", self.timestamp))
+        uses += [(f"dense feature {d.name!r}", d.column) for d in self.dense]
+        uses += [(f"sparse feature {s.name!r}", s.column) for s in self.sparse]
+        uses += [(f"sequence feature {q.name!r}", q.column) for q in self.sequence]
+        return uses
+
+    @property
     def columns(self) -> list[str]:
         """Every data column the schema reads (label first), each once."""
-        names = [self.label, self.group_id, self.timestamp]
-        names += (
-            [d.name for d in self.dense] + [s.name for s in self.sparse] + [q.name for q in self.sequence]
-        )
-        return list(dict.fromkeys(n for n in names if n is not None))
+        return list(dict.fromkeys(column for _, column in self.readers))
 
 
 def load_tabular(
@@ -116,10 +167,10 @@ def load_tabular(
 
     features: dict[str, np.ndarray] = {}
     for d in schema.dense:
-        features[d.name] = _numbers(frame[d.name], where, f"dense feature {d.name!r}", allow_missing=True)
+        features[d.name] = _numbers(frame[d.column], where, f"dense feature {d.name!r}", allow_missing=True)
     sparse: list[SparseEncoding] = []
     for s in schema.sparse:
-        raw = frame[s.name].to_numpy(dtype=object)
+        raw = frame[s.column].to_numpy(dtype=object)
         width = 1
         if s.separator is not None:
             lists = split_delimited(raw, s.separator, s.max_len)
@@ -129,14 +180,15 @@ def load_tabular(
         sparse.append(SparseEncoding(s.name, s.side, s.min_frequency, s.max_size, max_len=width))
     sequence: list[SequenceEncoding] = []
     for q in schema.sequence:
-        raw = frame[q.name].to_numpy(dtype=object)
+        raw = frame[q.column].to_numpy(dtype=object)
         features[q.name] = split_delimited(raw, q.separator, q.max_len, keep="last")
         sequence.append(SequenceEncoding(q.name, q.shares_embedding_with, q.max_len, side=q.side))
 
-    labels = _numbers(frame[schema.label], where, f"label {schema.label!r}", allow_missing=False)
+    labels = _numbers(frame[schema.label_column], where, f"label {schema.label!r}", allow_missing=False)
     groups = None
-    if schema.group_id is not None:
-        groups = pd.factorize(canonical_strings(frame[schema.group_id].to_numpy()))[0].astype(np.int64)
+    if schema.group_id_column is not None:
+        group_values = frame[schema.group_id_column].to_numpy()
+        groups = pd.factorize(canonical_strings(group_values))[0].astype(np.int64)
     timestamps = None
     if schema.timestamp is not None:
         timestamps = _timestamps(frame[schema.timestamp], where, schema.timestamp)
@@ -147,7 +199,7 @@ def load_tabular(
     return encode_splits(
         data_path.name,
         split(raw_table, method=method, fractions=chosen, seed=seed),  # type: ignore[arg-type]
-        dense=schema.dense,
+        dense=[DenseEncoding(d.name, side=d.side) for d in schema.dense],
         sparse=sparse,
         sequence=sequence,
         label=schema.label,
@@ -158,6 +210,7 @@ def load_tabular(
             "format": "tabular",
             "rows": len(raw_table),
             "split_method": method,
+            "columns": schema.column_of,  # name -> data column; served requests use the names
         },
     )
 
@@ -177,17 +230,18 @@ def read_tabular_schema(schema_path: str | Path) -> TabularSchema:
     top = _mapping(data, where, _TOP_KEYS)
     if "label" not in top:
         raise AutocompressError(f"{where}: 'label' (the label column) is required")
-    label = _text(top["label"], f"{where}: label")
-    group_id = None if top.get("group_id") is None else _text(top["group_id"], f"{where}: group_id")
+    label, label_column = _named_column(top["label"], f"{where}: label")
+    group_id = group_id_column = None
+    if top.get("group_id") is not None:
+        group_id, group_id_column = _named_column(top["group_id"], f"{where}: group_id")
     timestamp = None if top.get("timestamp") is None else _text(top["timestamp"], f"{where}: timestamp")
 
-    dense: list[DenseEncoding] = []
+    dense: list[TabularDense] = []
     for i, entry in enumerate(_entries(top.get("dense"), f"{where}: dense")):
         at = f"{where}: dense[{i}]"
-        if isinstance(entry, str):
-            entry = {"name": entry}
-        item = _mapping(entry, at, _DENSE_KEYS)
-        dense.append(DenseEncoding(_name(item, at), side=_side(item, at, "context")))
+        item = _mapping({"name": entry} if isinstance(entry, str) else entry, at, _DENSE_KEYS)
+        name = _name(item, at)
+        dense.append(TabularDense(name, _column(item, at, name), side=_side(item, at, "context")))
 
     sparse: list[TabularSparse] = []
     for i, entry in enumerate(_entries(top.get("sparse"), f"{where}: sparse")):
@@ -198,9 +252,11 @@ def read_tabular_schema(schema_path: str | Path) -> TabularSchema:
         if max_len is not None and separator is None:
             raise AutocompressError(f"{at}.max_len is only for multi-hot columns: give a separator too")
         max_size = None if item.get("max_size") is None else _count(item["max_size"], f"{at}.max_size")
+        name = _name(item, at)
         sparse.append(
             TabularSparse(
-                _name(item, at),
+                name,
+                _column(item, at, name),
                 side=_side(item, at, "context"),
                 min_frequency=_count(item.get("min_frequency", 1), f"{at}.min_frequency"),
                 max_size=max_size,
@@ -222,9 +278,11 @@ def read_tabular_schema(schema_path: str | Path) -> TabularSchema:
             raise AutocompressError(
                 f"{at}.shares_embedding_with: {shared!r} is not a sparse feature (sparse: {sparse_names})"
             )
+        name = _name(item, at)
         sequence.append(
             TabularSequence(
-                _name(item, at),
+                name,
+                _column(item, at, name),
                 shares_embedding_with=shared,
                 max_len=_count(item["max_len"], f"{at}.max_len"),
                 separator=_text(item.get("separator", "|"), f"{at}.separator"),
@@ -253,9 +311,11 @@ def read_tabular_schema(schema_path: str | Path) -> TabularSchema:
                     f"{where}: split.fractions must be three numbers (train, valid, test), got {values!r}"
                 )
             split_fractions = (float(values[0]), float(values[1]), float(values[2]))
-    return TabularSchema(
+    schema = TabularSchema(
         label=label,
+        label_column=label_column,
         group_id=group_id,
+        group_id_column=group_id_column,
         timestamp=timestamp,
         dense=tuple(dense),
         sparse=tuple(sparse),
@@ -263,6 +323,31 @@ def read_tabular_schema(schema_path: str | Path) -> TabularSchema:
         split_method=split_method,
         fractions=split_fractions,
     )
+    _check_names_and_columns(schema, where)
+    return schema
+
+
+def _check_names_and_columns(schema: TabularSchema, where: str) -> None:
+    """Names are unique; columns may be shared, except the label's, which no feature may read."""
+    owners = [("label", schema.label, schema.label_column)]
+    if schema.group_id is not None:
+        owners.append(("group_id", schema.group_id, schema.group_id_column or schema.group_id))
+    for kind in ("dense", "sparse", "sequence"):
+        entries: tuple[TabularDense | TabularSparse | TabularSequence, ...] = getattr(schema, kind)
+        owners += [(f"{kind}[{i}]", f.name, f.column) for i, f in enumerate(entries)]
+    first: dict[str, str] = {}
+    for field, name, column in owners:
+        if name in first:
+            raise AutocompressError(
+                f"{where}: {field}: name {name!r} is already the name of {first[name]}; "
+                "the features, the label and the group_id each need their own name"
+            )
+        first[name] = field
+        if field != "label" and column == schema.label_column:
+            raise AutocompressError(
+                f"{where}: {field} reads {column!r}, the label's column; a feature or group made of "
+                "the label would give the model the answer"
+            )
 
 
 def _mapping(data: Any, where: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
@@ -290,8 +375,36 @@ def _text(value: Any, where: str) -> str:
 
 def _name(item: Mapping[str, Any], where: str) -> str:
     if "name" not in item:
-        raise AutocompressError(f"{where}: 'name' (the column) is required")
-    return _text(item["name"], f"{where}.name")
+        raise AutocompressError(
+            f"{where}: 'name' (an identifier; also the column unless 'column' is given) is required"
+        )
+    return _identifier(item["name"], f"{where}.name")
+
+
+def _identifier(value: Any, where: str) -> str:
+    """A name that becomes an ONNX input and a JSON key; a header that is not one goes in ``column``."""
+    name = _text(value, where)
+    if not is_valid_name(name):
+        raise AutocompressError(
+            f"{where}: {name!r} is not allowed as a name: {NAME_RULE}; to read a column with this "
+            f"header, name it and give the header as column: {{name: my_name, column: {name!r}}}"
+        )
+    return name
+
+
+def _column(item: Mapping[str, Any], where: str, name: str) -> str:
+    """The data column an entry reads: its ``column``, any header at all, or else its name."""
+    return name if item.get("column") is None else _text(item["column"], f"{where}.column")
+
+
+def _named_column(value: Any, where: str) -> tuple[str, str]:
+    """``label`` or ``group_id``: a column whose header is a valid name, or ``{name, column}``."""
+    if isinstance(value, Mapping):
+        item = _mapping(value, where, _NAMED_COLUMN_KEYS)
+        name = _name(item, where)
+        return name, _column(item, where, name)
+    name = _identifier(value, where)
+    return name, name
 
 
 def _side(item: Mapping[str, Any], where: str, default: Side) -> Side:
@@ -326,12 +439,15 @@ def _read_data(path: Path, schema: TabularSchema) -> pd.DataFrame:
             available = list(pq.read_schema(path).names)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise AutocompressError(f"{path}: cannot be read: {exc}") from None
-    for column in schema.columns:
+    for reader, column in schema.readers:
         if column not in available:
             raise AutocompressError(
-                f"schema does not match the data: column {column!r} is not in {path} (columns: {available})"
+                f"schema does not match the data: {reader} reads column {column!r}, which is not in "
+                f"{path} (columns: {available})"
             )
-    id_columns = [schema.group_id] + [s.name for s in schema.sparse] + [q.name for q in schema.sequence]
+    id_columns = (
+        [schema.group_id_column] + [s.column for s in schema.sparse] + [q.column for q in schema.sequence]
+    )
     try:
         if is_csv:
             return pd.read_csv(

@@ -178,7 +178,9 @@ def test_a_yaml_column_missing_from_the_data_is_named(files):
     with pytest.raises(AutocompressError) as error:
         load_tabular(files / "events.csv", files / "colour.yaml")
     message = str(error.value)
-    assert message.startswith("schema does not match the data: column 'colour' is not in ")
+    assert message.startswith(
+        "schema does not match the data: dense feature 'colour' reads column 'colour', which is not in "
+    )
     assert "events.csv (columns: [" in message and "'price'" in message
 
 
@@ -201,3 +203,193 @@ def test_file_errors_name_the_file_and_the_allowed_formats(files):
         load_tabular(files / "nope.csv", files / "schema.yaml")
     with pytest.raises(AutocompressError, match=r"schema file .*nope\.yaml' does not exist"):
         load_tabular(files / "events.csv", files / "nope.yaml")
+
+
+# A real export: headers with spaces, dots, capitals and non-ASCII, read through ``column:``.
+# "Rating ⭐" feeds two features and "Reviewer ID" both the group and a feature: that is allowed.
+REVIEWS_YAML = """
+label: {name: recommended, column: "Recommended IND"}
+group_id: {name: reviewer, column: "Reviewer ID"}
+timestamp: "Review Date"
+dense:
+  - {name: feedback_count, column: "Positive Feedback Count"}
+  - {name: rating, column: "Rating ⭐", side: user}
+sparse:
+  - {name: clothing_id, column: "Clothing ID", side: item}
+  - {name: class_name, column: "Class.Name", side: item}
+  - {name: reviewer_id, column: "Reviewer ID", side: user}
+  - {name: rating_level, column: "Rating ⭐"}
+sequence:
+  - {name: recent_items, column: "Recent Items", shares_embedding_with: clothing_id, max_len: 3}
+split: {method: time, fractions: [0.5, 0.25, 0.25]}
+"""
+ITEMS = ["0853", "1077", "1049", "0862"]  # leading zeros: ids, not numbers
+
+
+def _reviews(n: int = 24) -> pd.DataFrame:
+    """One review a day, two per reviewer in a row, so row i is day i and reviewer group i // 2."""
+    rng = np.random.default_rng(1)
+    return pd.DataFrame(
+        {
+            "Clothing ID": [ITEMS[i % 4] for i in range(n)],
+            "Positive Feedback Count": rng.integers(0, 30, n),
+            "Class.Name": [("Dresses", "Knits", "Blouses")[i % 3] for i in range(n)],
+            "Rating ⭐": [1 + i % 5 for i in range(n)],
+            "Reviewer ID": [f"r{i // 2}" for i in range(n)],
+            "Review Date": pd.date_range("2024-03-01", periods=n, freq="D").strftime("%Y-%m-%d"),
+            "Recent Items": ["|".join(ITEMS[(i + k) % 4] for k in range(i % 5)) for i in range(n)],
+            "Recommended IND": rng.integers(0, 2, n),
+            "Review Text": ["fits well"] * n,
+        }
+    )
+
+
+@pytest.fixture
+def reviews(tmp_path):
+    frame = _reviews()
+    frame.to_csv(tmp_path / "reviews.csv", index=False, encoding="utf-8-sig")  # as Excel saves it
+    frame.to_parquet(tmp_path / "reviews.parquet")
+    (tmp_path / "reviews.yaml").write_text(REVIEWS_YAML, encoding="utf-8")
+    return tmp_path
+
+
+def _decode(vocabulary, ids) -> list[str]:
+    return [vocabulary.values[i - FIRST_ID] for i in ids if i != PAD_ID]
+
+
+@pytest.mark.parametrize("data_file", ["reviews.csv", "reviews.parquet"])
+def test_real_headers_load_through_column_mappings(reviews, data_file):
+    from autocompress.serving import FeatureEncoders, RequestEncoder
+
+    dataset = load_tabular(reviews / data_file, reviews / "reviews.yaml")
+    schema, train, info = dataset.schema, dataset.train, dataset.info
+    assert schema.feature_names == [
+        "feedback_count",
+        "rating",
+        "clothing_id",
+        "class_name",
+        "reviewer_id",
+        "rating_level",
+        "recent_items",
+    ]
+    assert (schema.label, schema.group_id) == ("recommended", "reviewer")
+    assert info["columns"]["feedback_count"] == "Positive Feedback Count"
+    assert info["columns"]["recommended"] == "Recommended IND"
+    assert "Review Text" not in train.features
+
+    day = (train.timestamps - int(pd.Timestamp("2024-03-01", tz="UTC").timestamp())) // 86400
+    assert day.tolist() == list(range(12))  # the first half of the days, in order
+    raw = _reviews().iloc[day]
+    np.testing.assert_array_equal(train.labels, raw["Recommended IND"])
+    assert train.groups.tolist() == (day // 2).tolist()
+    feedback = info["dense_scalers"]["feedback_count"]
+    assert feedback.mean == pytest.approx(raw["Positive Feedback Count"].mean())
+    np.testing.assert_allclose(
+        train.features["feedback_count"] * feedback.std + feedback.mean,
+        raw["Positive Feedback Count"],
+        atol=1e-4,
+    )
+    rating = info["dense_scalers"]["rating"]
+    np.testing.assert_allclose(
+        train.features["rating"] * rating.std + rating.mean, raw["Rating ⭐"], atol=1e-4
+    )
+
+    vocab = info["vocabularies"]
+    assert _decode(vocab["clothing_id"], train.features["clothing_id"]) == raw["Clothing ID"].tolist()
+    assert _decode(vocab["class_name"], train.features["class_name"]) == raw["Class.Name"].tolist()
+    assert _decode(vocab["reviewer_id"], train.features["reviewer_id"]) == raw["Reviewer ID"].tolist()
+    assert _decode(vocab["rating_level"], train.features["rating_level"]) == [
+        str(r) for r in raw["Rating ⭐"]
+    ]
+    assert sorted(vocab["rating_level"].values) == ["1", "2", "3", "4", "5"]
+    for ids, recent in zip(train.features["recent_items"], raw["Recent Items"], strict=True):
+        assert _decode(vocab["clothing_id"], ids) == [v for v in recent.split("|") if v][-3:]
+
+    # serving keeps only feature names: a request keyed by them encodes a row exactly as training did
+    encoders = FeatureEncoders.from_dict(FeatureEncoders.from_dataset_info(info).to_dict())
+    row = raw.iloc[4]
+    request = {
+        "feedback_count": int(row["Positive Feedback Count"]),
+        "rating": int(row["Rating ⭐"]),
+        "clothing_id": row["Clothing ID"],
+        "class_name": row["Class.Name"],
+        "reviewer_id": row["Reviewer ID"],
+        "rating_level": int(row["Rating ⭐"]),
+        "recent_items": row["Recent Items"].split("|"),
+    }
+    served = RequestEncoder(schema, encoders).encode([request])
+    for name in schema.feature_names:
+        np.testing.assert_allclose(served[name][0], train.features[name][4], atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            '{name: feedback_count, column: "Positive Feedback Count"}',
+            '"Positive Feedback Count"',
+            r"dense\[0\]\.name: 'Positive Feedback Count' is not allowed as a name: use letters, digits "
+            r"and '_'.*column: \{name: my_name, column: 'Positive Feedback Count'\}",
+        ),
+        ("{name: rating,", '{name: "Rating ⭐",', r"dense\[1\]\.name: 'Rating ⭐' is not allowed as a name"),
+        (
+            "{name: recent_items,",
+            "{name: Recent.Items,",
+            r"sequence\[0\]\.name: 'Recent.Items' is not allowed",
+        ),
+        (
+            'label: {name: recommended, column: "Recommended IND"}',
+            'label: "Recommended IND"',
+            r"label: 'Recommended IND' is not allowed as a name",
+        ),
+        (
+            '{name: reviewer, column: "Reviewer ID"}',
+            '{column: "Reviewer ID"}',
+            r"group_id: 'name' .* is required",
+        ),
+        ('column: "Class.Name"', 'columns: "Class.Name"', r"sparse\[1\]: unknown key\(s\) \['columns'\]"),
+        ('column: "Class.Name"', 'column: ""', r"sparse\[1\]\.column: expected a non-empty string"),
+        (
+            "name: rating_level",
+            "name: rating",
+            r"sparse\[3\]: name 'rating' is already the name of dense\[1\]",
+        ),
+        (
+            "name: class_name",
+            "name: recommended",
+            r"sparse\[1\]: name 'recommended' is already the name of label",
+        ),
+        (
+            "sequence:",
+            '  - {name: recommended_again, column: "Recommended IND"}\nsequence:',
+            r"sparse\[4\] reads 'Recommended IND', the label's column",
+        ),
+        (
+            'group_id: {name: reviewer, column: "Reviewer ID"}',
+            'group_id: {name: reviewer, column: "Recommended IND"}',
+            r"group_id reads 'Recommended IND', the label's column",
+        ),
+    ],
+)
+def test_names_must_be_identifiers_and_only_the_label_reads_its_column(reviews, old, new, expected):
+    assert old in REVIEWS_YAML
+    (reviews / "bad.yaml").write_text(REVIEWS_YAML.replace(old, new), encoding="utf-8")
+    with pytest.raises(AutocompressError, match=expected) as error:
+        read_tabular_schema(reviews / "bad.yaml")
+    assert "bad.yaml" in str(error.value)
+
+
+@pytest.mark.parametrize("data_file", ["reviews.csv", "reviews.parquet"])
+def test_a_mapped_column_missing_from_the_data_names_the_feature_and_the_columns(reviews, data_file):
+    (reviews / "spaced.yaml").write_text(
+        REVIEWS_YAML.replace('"Class.Name"', '"Class Name"'), encoding="utf-8"
+    )
+    with pytest.raises(AutocompressError) as error:
+        load_tabular(reviews / data_file, reviews / "spaced.yaml")
+    message = str(error.value)
+    assert message.startswith(
+        "schema does not match the data: sparse feature 'class_name' reads column 'Class Name', "
+        "which is not in "
+    )
+    assert f"{data_file} (columns: [" in message
+    assert "'Class.Name'" in message and "'Rating ⭐'" in message
