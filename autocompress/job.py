@@ -7,6 +7,7 @@ it lives above them rather than in ``autocompress.spec``, which they import.
 from __future__ import annotations
 
 import json
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,8 +19,8 @@ from autocompress.search.budget import Budget
 from autocompress.spec import SearchSettings, SpecModel, Target
 
 JOB_SPEC_VERSION: Literal[1] = 1
-# the job `make run` (`autocompress run`) runs; next to the package, like search_spaces/
-DEFAULT_JOB_FILE = Path(__file__).resolve().parent.parent / "examples" / "default_job.yaml"
+# the job `make run` (`autocompress run`) runs; shipped in the package, like the search spaces
+DEFAULT_JOB_FILE = Path(str(files("autocompress") / "examples" / "default_job.yaml"))
 
 
 class JobSpec(SpecModel):

@@ -38,10 +38,10 @@ _SLOT_KEYS = ("technique", "optional", "params")
 
 
 def default_search_space_dir() -> Path:
-    """The ``search_spaces/`` folder next to the ``autocompress`` package (the repository root)."""
-    import autocompress
+    """The search spaces shipped in the package (``search_spaces/`` at the top of the repository)."""
+    from importlib.resources import files
 
-    return Path(autocompress.__file__).resolve().parent.parent / "search_spaces"
+    return Path(str(files("autocompress") / "search_spaces"))
 
 
 @dataclass(frozen=True)
