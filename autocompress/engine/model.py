@@ -80,7 +80,7 @@ def train_and_measure(
     seconds: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    model = build(family, dataset.schema, arch)
+    model = build(family, dataset.schema, arch, seed=train_config.seed)
     result: TrainResult = fit(
         model, dataset.train, dataset.valid, train_config, on_step=on_step, on_epoch=on_epoch
     )

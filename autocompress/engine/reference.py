@@ -40,7 +40,7 @@ def train_reference(family: str, dataset: Dataset, train_config: TrainConfig, wo
     from autocompress.train import fit
 
     weights, onnx_path, meta = work / "reference.pt", work / "reference.onnx", work / "reference.json"
-    model = build(family, dataset.schema)
+    model = build(family, dataset.schema, seed=train_config.seed)  # same spec, same reference
     if meta.is_file() and weights.is_file() and onnx_path.is_file():
         saved = json.loads(meta.read_text())
         if saved.get("train_config") == json.loads(json.dumps(train_config.to_dict())):

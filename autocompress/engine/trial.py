@@ -197,7 +197,6 @@ def run_trial(spec: TrialSpec, shared: SharedResources, report: Report | None = 
     one dict per epoch and one final dict (see the module docstring); returning True from it, or
     raising ``TrialStopped``, ends the trial with status ``stopped``. Other errors propagate.
     """
-    import torch
 
     from autocompress.export import create_session
     from autocompress.measure import macs_per_example, onnx_size_bytes, parameter_count
@@ -234,8 +233,7 @@ def run_trial(spec: TrialSpec, shared: SharedResources, report: Report | None = 
         return stop
 
     t0 = time.perf_counter()
-    torch.manual_seed(spec.train_config.seed)  # the initial weights: same spec, same model
-    model = build(spec.family, data.schema, spec.arch)
+    model = build(spec.family, data.schema, spec.arch, seed=spec.train_config.seed)
     trained = fit(
         model,
         data.train,

@@ -62,11 +62,17 @@ def reference_arch(family: str) -> ArchConfig:
 
 
 def build(
-    family: str, schema: FeatureSchema, arch: ArchConfig | Mapping[str, Any] | None = None
+    family: str,
+    schema: FeatureSchema,
+    arch: ArchConfig | Mapping[str, Any] | None = None,
+    *,
+    seed: int | None = None,
 ) -> RankingModel:
     """Build a family's model for ``schema``.
 
     ``arch`` is the family's ArchConfig, a dict of one (strictly loaded), or None for the reference.
+    With ``seed`` torch is seeded first, so one seed gives one set of initial weights (a training
+    run seeds only its own shuffling and dropout).
     """
     cls = arch_class(family)
     if arch is None:
@@ -77,4 +83,9 @@ def build(
         raise AutocompressError(
             f"{family}: arch must be a {cls.__name__} (family {family!r}), got {type(arch).__name__}"
         )
-    return model_class(family)(schema, arch)
+    model_cls = model_class(family)
+    if seed is not None:
+        import torch
+
+        torch.manual_seed(seed)
+    return model_cls(schema, arch)
