@@ -165,6 +165,8 @@ def _search_and_print(
     console.print(f"trials: {counts.done} done, {counts.failed} failed")
     if result.reason:
         console.print(f"[bold yellow]{result.reason}[/]: see the closest candidates in the report")
+    for note in result.notes:
+        console.print(f"[bold yellow]note:[/] {note}")
     console.print(f"report: {result.report_path}")
     return result
 

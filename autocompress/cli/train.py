@@ -209,6 +209,8 @@ def _print_report(report: Any) -> None:
         )
     table.add_row("train seconds", f"{report.seconds['train']:.1f}")
     console.print(table)
+    for warning in report.warnings:
+        console.print(f"[bold yellow]warning:[/] {warning}")
 
 
 def _json_option(name: str, text: str | None) -> dict[str, Any] | None:

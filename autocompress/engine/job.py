@@ -92,6 +92,7 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
     from autocompress.engine.trial import SharedResources, measured_target
     from autocompress.engine.tuner import run_search
     from autocompress.measure import onnx_size_bytes
+    from autocompress.measure.baselines import popularity_auc, popularity_warning
     from autocompress.measure.placement import resolve_target
     from autocompress.report import html_report, pareto_plot
     from autocompress.search.pareto import finished_candidates, select_winner
@@ -117,6 +118,10 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
         job_id, "log", "the reference model (the teacher and fp32 baseline): trained, or loaded on a resume"
     )
     reference = train_reference(spec.family, dataset, train_config, work)
+    warning = popularity_warning(reference.valid_auc, popularity_auc(dataset, "valid"), "valid")
+    if warning:  # the job goes on (the user asked for it), but says so everywhere
+        notes.append(f"reference: {warning}")
+        store.add_event(job_id, "warning", notes[-1])
     shared = SharedResources(
         dataset=dataset,
         teacher=reference.model,

@@ -40,6 +40,7 @@ class ModelReport:
     train: dict[str, Any]
     onnx_path: str
     seconds: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # e.g. a model that popularity alone beats
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True, default=float)
@@ -66,9 +67,8 @@ def train_and_measure(
 
     from autocompress.export import create_session, export_onnx
     from autocompress.measure import macs_per_example, measure_latency, onnx_size_bytes, parameter_count
-    from autocompress.measure.baselines import popularity_feature, popularity_scores
+    from autocompress.measure.baselines import popularity_auc, popularity_warning
     from autocompress.measure.evaluation import onnx_logits, quality_report
-    from autocompress.measure.quality import auc
     from autocompress.models import build
     from autocompress.train import fit
 
@@ -97,8 +97,8 @@ def train_and_measure(
     t0 = time.perf_counter()
     session = create_session(exported.path, target)
     test_quality = quality_report(dataset.test, onnx_logits(session, dataset.test))
-    item = popularity_feature(dataset.schema)
-    popularity_auc = auc(dataset.test.labels, popularity_scores(dataset.train, dataset.test, item))
+    baseline_auc = popularity_auc(dataset, "test")
+    warning = popularity_warning(test_quality["auc"], baseline_auc, "test")
     seconds["evaluate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -111,7 +111,7 @@ def train_and_measure(
         arch=model.arch.to_dict(),
         test=test_quality,
         oracle_auc=dataset.oracle_auc,
-        popularity_auc=popularity_auc,
+        popularity_auc=baseline_auc,
         size_bytes=onnx_size_bytes(exported.path),
         parameters=parameter_count(model),
         macs_per_example=macs_per_example(exported.path),
@@ -127,6 +127,7 @@ def train_and_measure(
         },
         onnx_path=str(exported.path),
         seconds=seconds,
+        warnings=[warning] if warning else [],
     )
     (out / "report.json").write_text(report.to_json())
     return report

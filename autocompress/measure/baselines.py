@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from autocompress.data.schema import FeatureSchema
-from autocompress.data.table import Table
+from autocompress.data.table import Dataset, Table
 from autocompress.errors import AutocompressError
 
 
@@ -35,3 +35,26 @@ def popularity_scores(
     prior = float(train.labels.mean())
     rate = (clicks + prior_weight * prior) / (impressions + prior_weight)
     return rate[ids].astype(np.float32)
+
+
+def popularity_auc(dataset: Dataset, split: str) -> float:
+    """AUC on ``split`` ("valid" or "test") of the popularity-only ranker fitted on the train split."""
+    from autocompress.measure.quality import auc
+
+    table: Table = getattr(dataset, split)
+    item = popularity_feature(dataset.schema)
+    return auc(table.labels, popularity_scores(dataset.train, table, item))
+
+
+def popularity_warning(model_auc: float, baseline_auc: float, split: str) -> str | None:
+    """The warning to give when a model does not beat the popularity-only ranker on ``split``, else None.
+
+    Nobody should compress (or ship) a model that a count of clicks per item beats.
+    """
+    if model_auc > baseline_auc:
+        return None
+    return (
+        f"the model's {split} AUC {model_auc:.4f} does not beat popularity alone ({baseline_auc:.4f}): "
+        "a count of clicks per item ranks better; check the features, the data and the training "
+        "recipe before compressing it"
+    )

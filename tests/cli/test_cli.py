@@ -43,6 +43,7 @@ def test_train_prints_the_table_and_writes_the_report(tmp_path):
     assert report["family"] == "dlrm"
     assert report["arch"]["embedding_dim"] == 64 and report["arch"]["top_mlp"] == [512, 512, 256]
     assert 0.7 < report["test"]["auc"] < report["oracle_auc"]
+    assert report["warnings"] == [] and "popularity alone" not in result.output  # it beats a count
 
     evaluated = runner.invoke(app, ["evaluate", str(out), "--scale", "tiny"])
     assert evaluated.exit_code == 0, evaluated.output
@@ -139,3 +140,13 @@ def test_report_shows_a_recorded_job_and_names_an_unknown_one(tmp_path):
         assert text in result.output
     missing = runner.invoke(app, ["report", "no-such-job", "--db", str(tmp_path / "jobs.db")])
     assert missing.exit_code == 2 and "no-such-job" in missing.output
+
+
+def test_train_warns_when_popularity_alone_beats_the_model(tmp_path):
+    # a learning rate of 1e-9 leaves the initial weights: a ranker no better than chance
+    args = ["train", "--scale", "tiny", "--epochs", "1", "--lr", "1e-9", "--out", str(tmp_path / "weak")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "does not beat popularity alone" in " ".join(result.output.split())
+    report = json.loads((tmp_path / "weak" / "report.json").read_text())
+    assert report["test"]["auc"] <= report["popularity_auc"] and len(report["warnings"]) == 1

@@ -50,12 +50,15 @@ def test_the_tiny_example_job_finds_a_winner_and_records_every_trial(ray_2_cpus,
     page = Path(result.report_path).read_text()
     assert f"Winner: trial <b>{result.winner_trial}</b>" in page
     assert model.metrics["test"]["test_auc"] == pytest.approx(result.rows[0]["test_auc"])
+    assert not [e for e in store.list_events(result.job_id) if e.kind == "warning"]  # it beats popularity
 
 
 def test_an_impossible_budget_ends_with_no_feasible_model(ray_2_cpus, tmp_path):
-    """Also: a CUDA target on this GPU-less machine falls back to the CPU, and the report says so."""
+    """Also: a CUDA target on this GPU-less machine falls back to the CPU, a reference that learnt
+    nothing (a learning rate of 1e-9) loses to popularity alone, and the job and the report say both."""
     data = load_job_spec("examples/tiny_job.yaml").to_dict()
     data["budget"] = {"latency_ms": 1e-6, "batch_size": 256}
+    data["train"]["lr"] = 1e-9
     data["search"]["num_trials"] = 2
     data["target"] = {**data["target"], "device": "cuda", "execution_provider": "CUDAExecutionProvider"}
     spec = JobSpec.from_dict(data)
@@ -69,9 +72,12 @@ def test_an_impossible_budget_ends_with_no_feasible_model(ray_2_cpus, tmp_path):
     assert [r["name"] for r in result.rows] == ["onnx_fp32", "ort_dynamic_int8"]
     page = Path(result.report_path).read_text()
     assert NO_FEASIBLE_MODEL in page
-    [note] = result.notes
+    note, weak = result.notes
     assert "target device 'cuda'" in note and "measured on the CPU" in note
-    assert note.replace("'", "&#x27;") in page and job.result["notes"] == [note]
-    events = [e.message for e in store.list_events(result.job_id)]
-    assert note in events
+    assert weak.startswith("reference: the model's valid AUC") and "does not beat popularity alone" in weak
+    for text in (note, weak):
+        assert text.replace("'", "&#x27;") in page
+    assert job.result["notes"] == [note, weak]
+    events = [(e.kind, e.message) for e in store.list_events(result.job_id)]
+    assert ("log", note) in events and ("warning", weak) in events
     assert all(t.metrics["latency_ms"] > 0 for t in store.list_trials(result.job_id))

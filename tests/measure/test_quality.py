@@ -90,3 +90,14 @@ def test_quality_errors_name_the_problem() -> None:
         ndcg_at_k(np.array([1]), np.array([0.1]), np.array([1]), k=0)
     with pytest.raises(AutocompressError, match="k must be > 0"):
         recall_at_k(np.array([1]), np.array([0.1]), np.array([1]), k=0)
+
+
+def test_popularity_warning_only_when_the_model_does_not_beat_the_count(tiny_dataset):
+    from autocompress.measure.baselines import popularity_auc, popularity_warning
+
+    baseline = popularity_auc(tiny_dataset, "valid")
+    assert 0.55 < baseline < 1  # the count itself ranks: a bar worth clearing
+    assert popularity_warning(baseline + 0.01, baseline, "valid") is None
+    for weaker in (baseline, baseline - 0.05):
+        warning = popularity_warning(weaker, baseline, "valid")
+        assert warning is not None and f"{weaker:.4f}" in warning and f"({baseline:.4f})" in warning
