@@ -21,9 +21,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autocompress.distributions import Categorical, Distribution, FloatRange, IntRange
 from autocompress.errors import AutocompressError
 from autocompress.search.budget import Budget
-from autocompress.search.distributions import Categorical, Distribution, FloatRange, IntRange
 
 if TYPE_CHECKING:
     from autocompress.techniques import Policy

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from autocompress.search.distributions import Categorical, Distribution, FloatRange, IntRange
+from autocompress.distributions import Categorical, Distribution, FloatRange, IntRange
 from autocompress.search.space import SearchSpace
 
 

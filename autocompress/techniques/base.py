@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
+from autocompress.distributions import Distribution
 from autocompress.errors import AutocompressError
-from autocompress.search.distributions import Distribution
 
 Level = Literal["torch", "onnx"]
 

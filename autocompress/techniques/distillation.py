@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, ClassVar
 
+from autocompress.distributions import FloatRange, IntRange
 from autocompress.errors import AutocompressError
-from autocompress.search.distributions import FloatRange, IntRange
 from autocompress.techniques.base import Level, TechniqueConfig, param
 from autocompress.techniques.context import TechniqueContext
 from autocompress.train.config import DistillConfig

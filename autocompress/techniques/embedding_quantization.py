@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from autocompress.data.schema import FeatureSchema
-from autocompress.search.distributions import Categorical
+from autocompress.distributions import Categorical
 from autocompress.techniques.base import Level, TechniqueConfig, param
 from autocompress.techniques.context import TechniqueContext
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from autocompress.search.distributions import Categorical
+from autocompress.distributions import Categorical
 from autocompress.techniques.base import Level, TechniqueConfig, param
 from autocompress.techniques.context import TechniqueContext
 

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from autocompress.distributions import IntRange
 from autocompress.errors import AutocompressError
-from autocompress.search.distributions import IntRange
 from autocompress.techniques.base import Level, TechniqueConfig, param
 from autocompress.techniques.context import TechniqueContext
 

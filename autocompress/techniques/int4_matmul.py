@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from autocompress.search.distributions import Categorical
+from autocompress.distributions import Categorical
 from autocompress.techniques.base import Level, TechniqueConfig, param
 from autocompress.techniques.context import TechniqueContext
 

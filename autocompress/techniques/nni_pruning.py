@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from autocompress.distributions import Categorical, FloatRange, IntRange
 from autocompress.errors import AutocompressError
-from autocompress.search.distributions import Categorical, FloatRange, IntRange
 from autocompress.techniques.base import Level, TechniqueConfig, param
 from autocompress.techniques.context import TechniqueContext
 

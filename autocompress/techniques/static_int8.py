@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from autocompress.search.distributions import Categorical, IntRange
+from autocompress.distributions import Categorical, IntRange
 from autocompress.techniques.base import Level, TechniqueConfig, param
 from autocompress.techniques.context import TechniqueContext
 

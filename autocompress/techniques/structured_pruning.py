@@ -19,8 +19,8 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from autocompress.distributions import Categorical, FloatRange, IntRange
 from autocompress.errors import AutocompressError
-from autocompress.search.distributions import Categorical, FloatRange, IntRange
 from autocompress.techniques.base import Level, TechniqueConfig, param
 from autocompress.techniques.context import TechniqueContext
 

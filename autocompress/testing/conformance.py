@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from autocompress.distributions import Categorical, Distribution, FloatRange, IntRange
 from autocompress.errors import AutocompressError
-from autocompress.search.distributions import Categorical, Distribution, FloatRange, IntRange
 from autocompress.techniques.base import TechniqueConfig
 from autocompress.techniques.policy import Policy, apply_policy
 from autocompress.techniques.registry import _MODULES, config_class, config_from_dict

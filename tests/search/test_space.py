@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import yaml
 
+from autocompress.distributions import Categorical, FloatRange, IntRange
 from autocompress.errors import AutocompressError
 from autocompress.models import FAMILIES
 from autocompress.search.budget import Budget
-from autocompress.search.distributions import Categorical, FloatRange, IntRange
 from autocompress.search.space import (
     SearchSpace,
     decode,

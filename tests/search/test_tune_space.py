@@ -5,8 +5,8 @@ import pytest
 from ray.tune.search.sample import Domain
 
 from autocompress.data.synthetic import SyntheticConfig, synthetic_schema
+from autocompress.distributions import Categorical, FloatRange, IntRange
 from autocompress.models import FAMILIES, build
-from autocompress.search.distributions import Categorical, FloatRange, IntRange
 from autocompress.search.space import decode, list_search_spaces, load_search_space
 from autocompress.search.tune_space import to_tune, tune_domain
 from autocompress.techniques import Policy

@@ -1,7 +1,7 @@
 import pytest
 
+from autocompress.distributions import Categorical, Distribution, FloatRange, IntRange
 from autocompress.errors import AutocompressError
-from autocompress.search import Categorical, Distribution, FloatRange, IntRange
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,9 @@
 """Search-space distributions as typed objects that round-trip through JSON.
 
-Techniques declare them next to their defaults; the search turns them into Ray Tune domains at
-one boundary, so nothing else depends on Tune's types.
+Techniques and model families declare them next to their defaults; ``autocompress.search`` (which
+composes the techniques' spaces, so it sits above them) turns them into Ray Tune domains at one
+boundary, so nothing else depends on Tune's types. A module of its own, below both, as
+``optuna.distributions`` is.
 """
 
 from __future__ import annotations
