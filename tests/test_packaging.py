@@ -1,4 +1,7 @@
-"""A wheel install works with no repository around it: the default job and the search spaces ship."""
+"""A wheel install works with no repository around it: the default job and the search spaces ship.
+
+This is also the test of `autocompress run` (what `make run` does), through the real entry point.
+"""
 
 from __future__ import annotations
 
@@ -77,5 +80,16 @@ def test_the_wheel_runs_the_default_job_from_another_folder(tmp_path: Path) -> N
     # the default job ran: two trials, the comparison with the baselines printed, the report written here
     assert "default-dlrm-realtime" in result.stdout and "trials: 2 done, 0 failed" in result.stdout
     assert "onnx_fp32" in result.stdout and "ort_dynamic_int8" in result.stdout, result.stdout[-3000:]
-    assert (elsewhere / "autocompress.db").is_file()
-    assert list((elsewhere / "runs").glob("*/report.html"))
+    # and recorded in ./autocompress.db, the default store
+    from autocompress.store import JobStatus, Store
+
+    with Store(elsewhere / "autocompress.db") as store:
+        (job,) = store.list_jobs()
+        assert job.name == "default-dlrm-realtime" and job.status is JobStatus.SUCCEEDED
+        assert job.spec["dataset"]["scale"] == "tiny" and job.spec["preset"] == "realtime"
+        assert len(store.list_trials(job.id)) == 2
+        report = Path(job.result["report"])
+        assert report.is_relative_to(elsewhere / "runs") and report.is_file()
+        assert (report.parent / "pareto.png").is_file()
+        rows = {r["name"]: r for r in job.result["rows"]}
+        assert rows["ort_dynamic_int8"]["size_ratio"] > 2  # int8 tables really shrink the reference
