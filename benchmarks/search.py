@@ -36,11 +36,14 @@ from rich.console import Console
 from rich.table import Table
 
 from autocompress.data.registry import DatasetSpec, load_dataset
-from autocompress.engine.reference import baseline_models, compare_on_test, remeasure_latency, train_reference
+from autocompress.engine.comparison import baseline_figures, compare_on_test, remeasure_latency
+from autocompress.engine.job import resolve_budget
+from autocompress.engine.reference import baseline_models, train_reference
 from autocompress.engine.trial import SharedResources, measured_target
 from autocompress.engine.tuner import run_search
 from autocompress.job import load_job_spec
-from autocompress.measure import measure_exclusively, onnx_size_bytes
+from autocompress.measure import onnx_size_bytes
+from autocompress.search.budget import Budget
 from autocompress.search.pareto import Candidate, finished_candidates, select_winner
 from autocompress.search.space import load_search_space
 from autocompress.spec import SearchSettings
@@ -91,10 +94,12 @@ def run(quick: bool, trials: int, searches: list[str]) -> dict[str, Any]:
     console.print(f"data {dataset.name}; training the reference; work folder {work}")
     reference = train_reference(spec.family, dataset, train_config, work)
     cache_dir = work / "latency-cache"
-    fp32_ms = measure_exclusively(reference.onnx_path, dataset.schema, target, cache_dir=cache_dir).at(
-        budget.batch_size, budget.percentile
-    )
-    fp32_mb = onnx_size_bytes(reference.onnx_path) / 1e6
+    # the baselines first, as a job does: the preset's budget is relative to them
+    baselines = baseline_models(reference, dataset, work)
+    figures = baseline_figures(baselines, dataset, target, budget, cache_dir)
+    budget_record = resolve_budget(budget, figures)
+    budget = Budget.from_dict(budget_record["resolved"])
+    fp32_ms, fp32_mb = figures["onnx_fp32"].latency_ms, figures["onnx_fp32"].size_mb
     shared = SharedResources(
         dataset=dataset,
         teacher=reference.model,
@@ -154,14 +159,14 @@ def run(quick: bool, trials: int, searches: list[str]) -> dict[str, Any]:
         r["hypervolume"] = hypervolume(completed, reference.valid_auc, fp32_ms, fp32_mb)
         pool += completed
     selection = select_winner(pool)
-    models = baseline_models(reference, dataset, work)
+    models = dict(baselines)
     if selection.winner is not None:
         models = {"winner": Path(str(selection.winner.metrics["onnx_path"])), **models}
     rows = {r["name"]: r for r in compare_on_test(models, dataset, target, budget, cache_dir)}
     return {
         "dataset": dataset.name,
         "preset": f"{spec.family}/{spec.preset}",
-        "budget": budget.model_dump(),
+        "budget": budget_record,
         "trials_per_search": trials,
         "reference_valid_auc": reference.valid_auc,
         "winner": None

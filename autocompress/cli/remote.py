@@ -154,6 +154,9 @@ def jobs_show(
         return
     console.print(_job_line(job), highlight=False)
     console.print(_progress_line(job), highlight=False)
+    budget = (job.get("result") or {}).get("budget")
+    if budget:  # the rule as given and the ms / MB it resolved to on the job's target
+        console.print("budget: " + "; ".join(budget["text"].values()), highlight=False)
     if job.get("cancel_requested_by") and job["status"] not in TERMINAL:
         console.print(f"cancel requested by {job['cancel_requested_by']}")
     for model_id in job.get("model_ids", []):

@@ -109,6 +109,8 @@ def report(
     )
     console.print(f"trials: {progress.done} done, {progress.running} running, {progress.failed} failed")
     result = job.result or {}
+    if result.get("budget"):
+        console.print("budget: " + "; ".join(result["budget"]["text"].values()), highlight=False)
     if result.get("rows"):
         _print_comparison(result["rows"], "test split")
     if result.get("report"):
@@ -165,6 +167,8 @@ def _search_and_print(
     console.print(f"trials: {counts.done} done, {counts.failed} failed")
     if result.reason:
         console.print(f"[bold yellow]{result.reason}[/]: see the closest candidates in the report")
+    if result.budget:
+        console.print("budget: " + "; ".join(result.budget["text"].values()), highlight=False)
     for note in result.notes:
         console.print(f"[bold yellow]note:[/] {note}")
     console.print(f"report: {result.report_path}")

@@ -6,11 +6,13 @@ it records everything in the store as it goes and never loses what is recorded w
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autocompress.engine.comparison import compare_on_test, remeasure_latency
+from autocompress.engine.comparison import baseline_figures, compare_on_test, remeasure_latency
 from autocompress.engine.reference import baseline_models, train_reference
 from autocompress.errors import AutocompressError
 
@@ -29,6 +31,7 @@ class JobResult:
     report_path: str | None
     model_id: str | None = None
     notes: list[str] = field(default_factory=list)
+    budget: dict[str, Any] = field(default_factory=dict)  # the rule, the resolved ms / MB, the baselines
 
 
 def run_job(spec: Any, store: Any, work_dir: str | Path, *, job_id: str | None = None) -> JobResult:
@@ -70,6 +73,7 @@ def run_job(spec: Any, store: Any, work_dir: str | Path, *, job_id: str | None =
             "report": result.report_path,
             "model_id": result.model_id,
             "notes": result.notes,
+            "budget": result.budget,
         },
     )
     if spec.deploy and result.model_id is not None:
@@ -95,9 +99,10 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
     from autocompress.measure.baselines import popularity_auc, popularity_warning
     from autocompress.measure.placement import resolve_target
     from autocompress.report import html_report, pareto_plot
+    from autocompress.search.budget import Budget
     from autocompress.search.pareto import finished_candidates, select_winner
     from autocompress.search.space import load_search_space
-    from autocompress.store import TrialStatus
+    from autocompress.store import JobStatus, TrialStatus
 
     try:
         work.mkdir(parents=True, exist_ok=True)
@@ -122,6 +127,14 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
     if warning:  # the job goes on (the user asked for it), but says so everywhere
         notes.append(f"reference: {warning}")
         store.add_event(job_id, "warning", notes[-1])
+    # the baselines first: a relative budget is resolved against their figures on this target
+    store.add_event(job_id, "log", "measuring the baselines (fp32 ONNX, ONNX Runtime dynamic int8)")
+    baselines = baseline_models(reference, dataset, work)
+    figures = baseline_figures(baselines, dataset, target, budget, work / "latency-cache")
+    budget_record = resolve_budget(budget, figures)
+    budget = Budget.from_dict(budget_record["resolved"])
+    store.add_event(job_id, "budget", "budget: " + "; ".join(budget_record["text"].values()))
+    store.set_job_status(job_id, JobStatus.RUNNING, result={"budget": budget_record})  # the API shows it
     shared = SharedResources(
         dataset=dataset,
         teacher=reference.model,
@@ -152,14 +165,20 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
 
     # the test split decides the comparison: the winner next to fp32 and ORT dynamic int8
     store.add_event(job_id, "log", "measuring the winner and the baselines on the test split")
-    models = baseline_models(reference, dataset, work)
+    models = dict(baselines)
     if selection.winner is not None:
         models = {"winner": Path(str(selection.winner.metrics["onnx_path"])), **models}
     rows = compare_on_test(models, dataset, target, budget, shared.cache_dir)
 
     plot = pareto_plot(finished, selection, work / "pareto.png", budget_latency_ms=budget.latency_ms)
+    budget_note = "Budget: " + "; ".join(budget_record["text"].values())
     report = html_report(
-        f"autocompress job {spec.name} ({job_id})", rows, selection, plot, work / "report.html", notes
+        f"autocompress job {spec.name} ({job_id})",
+        rows,
+        selection,
+        plot,
+        work / "report.html",
+        [budget_note, *notes],
     )
     model_id = None
     if selection.winner is not None:
@@ -188,7 +207,29 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
         report_path=str(report),
         model_id=model_id,
         notes=notes,
+        budget=budget_record,
     )
+
+
+def resolve_budget(budget: Any, figures: Mapping[str, Any]) -> dict[str, Any]:
+    """The job's budget record: the rule as given, the absolute ms / MB it resolves to, the baselines.
+
+    ``text`` says each bound in words, a relative one as its rule next to what it resolved to
+    (``p99 at batch 256 >= 5x faster than onnx_fp32 (<= 0.89 ms)``): what the CLI, the API and the
+    report show.
+    """
+    resolved = budget.resolve(figures)
+    text = budget.describe()
+    if budget.latency is not None:
+        text["latency"] += f" (<= {resolved.latency_ms:.3g} ms)"
+    if budget.size is not None:
+        text["size"] += f" (<= {resolved.size_mb:.3g} MB)"
+    return {
+        "rule": budget.to_dict(),
+        "resolved": resolved.to_dict(),
+        "baselines": {name: dataclasses.asdict(f) for name, f in figures.items()},
+        "text": text,
+    }
 
 
 def _trial_row_id(store: Any, job_id: str, trial_key: str) -> str | None:

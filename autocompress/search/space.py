@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from autocompress.distributions import Categorical, Distribution, FloatRange, IntRange
 from autocompress.errors import AutocompressError
-from autocompress.search.budget import Budget
+from autocompress.search.budget import Budget, merge_budgets
 
 if TYPE_CHECKING:
     from autocompress.techniques import Policy
@@ -277,7 +277,7 @@ def _parse_file(file: Path) -> dict[str | None, SearchSpace]:
             family=family,
             arch=merged_arch,
             policy=_parse_policy(body["policy"], f"{at}.policy") if "policy" in body else policy,
-            budget=_parse_budget({**budget_raw, **preset_budget}, f"{at}.budget"),
+            budget=_parse_budget(merge_budgets(budget_raw, preset_budget), f"{at}.budget"),
             arch_rules=_parse_rules(family, rules_raw, merged_arch, f"{at}.arch_rules"),
             preset=name,
             description=_description(body, at) or base.description,

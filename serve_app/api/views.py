@@ -94,7 +94,8 @@ def job_view(store: Store, job: JobRecord) -> dict[str, Any]:
             "total": progress.total,
             "num_trials": (spec.get("search") or {}).get("num_trials"),
         },
-        "budget": budget,
+        "budget": budget,  # as given: absolute, or relative to a baseline
+        "budget_resolved": ((job.result or {}).get("budget") or {}).get("resolved"),  # ms / MB, once known
         "best": best,
         "model_ids": [m.id for m in store.list_models(job_id=job.id)],
         "result": job.result,

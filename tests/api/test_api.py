@@ -55,7 +55,7 @@ def test_openapi_health_and_search_spaces_are_served(api_factory, sqlite_url) ->
     spaces = {s["family"]: s for s in api.http.get("/v1/search-spaces").json()["search_spaces"]}
     assert {"dlrm", "deepfm", "dcn_v2", "two_tower", "din"} <= set(spaces)
     realtime = next(p for p in spaces["dlrm"]["presets"] if p["name"] == "realtime")
-    assert realtime["budget"]["latency_ms"] > 0
+    assert realtime["budget"]["latency"] == {"speedup_vs": "onnx_fp32", "factor": 4.5}  # relative
 
 
 def test_a_submitted_job_is_recorded_pending_with_its_progress(api_factory, db_url) -> None:
@@ -152,6 +152,14 @@ def test_client_errors_are_4xx_naming_the_field(api_factory, db_url) -> None:
     bad_trials = tiny_spec(search={"searcher": "random", "num_trials": 0})
     assert "spec.search.num_trials: Input should be greater than or equal to 1" in detail(
         http.post("/v1/jobs", json=bad_trials), 422
+    )
+    bad_baseline = tiny_spec(budget={"latency": {"speedup_vs": "torch", "factor": 5}})
+    assert "spec.budget.latency.speedup_vs: Input should be 'onnx_fp32' or 'ort_dynamic_int8'" in detail(
+        http.post("/v1/jobs", json=bad_baseline), 422
+    )
+    both = tiny_spec(budget={"size_mb": 5, "size": {"smaller_than": "onnx_fp32", "factor": 20}})
+    assert "spec.budget: give size_mb (absolute) or size (relative to a baseline), not both" in detail(
+        http.post("/v1/jobs", json=both), 422
     )
     bad_family = detail(http.post("/v1/jobs", json=tiny_spec(family="resnet")), 422)
     assert "spec.family: unknown model family 'resnet'; known: ['dlrm'" in bad_family

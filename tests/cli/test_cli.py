@@ -1,5 +1,4 @@
 import json
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -51,42 +50,6 @@ def test_train_prints_the_table_and_writes_the_report(tmp_path):
 
 
 @pytest.mark.slow
-def test_run_searches_the_default_job_and_records_it(tmp_path):
-    import ray
-
-    from autocompress.store import JobStatus, Store
-
-    db = tmp_path / "jobs.db"
-    try:
-        result = runner.invoke(
-            app,
-            [
-                "run",
-                "--scale",
-                "tiny",
-                "--trials",
-                "2",
-                "--db",
-                str(db),
-                "--work-dir",
-                str(tmp_path / "runs"),
-            ],
-        )
-    finally:
-        ray.shutdown()
-    assert result.exit_code == 0, result.output
-    assert "onnx_fp32" in result.output and "ort_dynam" in result.output and "report: " in result.output
-    with Store(db) as store:
-        (job,) = store.list_jobs()
-        assert job.name == "default-dlrm-realtime" and job.status is JobStatus.SUCCEEDED
-        assert job.spec["dataset"]["scale"] == "tiny" and job.spec["preset"] == "realtime"
-        assert len(store.list_trials(job.id)) == 2
-        report = Path(job.result["report"])
-        assert report.is_file() and (report.parent / "pareto.png").is_file()
-        rows = {r["name"]: r for r in job.result["rows"]}
-        assert rows["ort_dynamic_int8"]["size_ratio"] > 2  # int8 tables really shrink the reference
-
-
 def test_data_generate_streams_parquet(tmp_path):
     result = runner.invoke(
         app, ["data", "generate", "--out", str(tmp_path), "--scale", "tiny", "--rows", "3000"]
@@ -113,7 +76,10 @@ def test_user_errors_are_one_line_naming_the_field(tmp_path):
     for args, message in cases:
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
-        assert message in " ".join(result.output.split()), (args, result.output)
+        assert message.replace(" ", "") in "".join(result.output.split()), (
+            args,
+            result.output,
+        )  # any wrapping
         assert "Traceback" not in result.output
 
 
@@ -126,7 +92,10 @@ def test_report_shows_a_recorded_job_and_names_an_unknown_one(tmp_path):
     store.record_trial(job.id, "t1", "COMPLETED", metrics={"valid_auc": 0.8})
     row = {"name": "winner", "test_auc": 0.81, "delta_auc": -0.001, "size_mb": 2.5, "size_ratio": 31.8}
     row.update({"p99_ms_b256": 0.9, "speedup_b256": 4.2})
-    store.set_job_status(job.id, JobStatus.SUCCEEDED, result={"rows": [row], "report": "/x/report.html"})
+    budget = {"text": {"latency": "p99 at batch 256 >= 4.5x faster than onnx_fp32 (<= 0.98 ms)"}}
+    store.set_job_status(
+        job.id, JobStatus.SUCCEEDED, result={"rows": [row], "report": "/x/report.html", "budget": budget}
+    )
 
     result = runner.invoke(app, ["report", job.id, "--db", str(tmp_path / "jobs.db")])
     assert result.exit_code == 0, result.output
@@ -136,6 +105,7 @@ def test_report_shows_a_recorded_job_and_names_an_unknown_one(tmp_path):
         "31.8x",
         "4.20x",
         "report: /x/report.html",
+        "budget: p99 at batch 256 >= 4.5x faster than onnx_fp32 (<= 0.98 ms)",
     ):
         assert text in result.output
     missing = runner.invoke(app, ["report", "no-such-job", "--db", str(tmp_path / "jobs.db")])

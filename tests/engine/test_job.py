@@ -1,5 +1,6 @@
 """A whole search job on a real local Ray (2 CPUs) and a SQLite file: recorded, compared, reported."""
 
+import html
 import os
 from pathlib import Path
 
@@ -51,13 +52,18 @@ def test_the_tiny_example_job_finds_a_winner_and_records_every_trial(ray_2_cpus,
     assert f"Winner: trial <b>{result.winner_trial}</b>" in page
     assert model.metrics["test"]["test_auc"] == pytest.approx(result.rows[0]["test_auc"])
     assert not [e for e in store.list_events(result.job_id) if e.kind == "warning"]  # it beats popularity
+    # an absolute budget is its own resolution; the baselines were measured before the search
+    assert result.budget["rule"] == result.budget["resolved"] == spec.budget.to_dict()
+    assert set(result.budget["baselines"]) == {"onnx_fp32", "ort_dynamic_int8"}
+    assert job.result["budget"] == result.budget
 
 
 def test_an_impossible_budget_ends_with_no_feasible_model(ray_2_cpus, tmp_path):
     """Also: a CUDA target on this GPU-less machine falls back to the CPU, a reference that learnt
     nothing (a learning rate of 1e-9) loses to popularity alone, and the job and the report say both."""
     data = load_job_spec("examples/tiny_job.yaml").to_dict()
-    data["budget"] = {"latency_ms": 1e-6, "batch_size": 256}
+    # 1000x faster than ONNX Runtime's int8 of the reference: a relative budget nobody meets
+    data["budget"] = {"latency": {"speedup_vs": "ort_dynamic_int8", "factor": 1000}, "batch_size": 256}
     data["train"]["lr"] = 1e-9
     data["search"]["num_trials"] = 2
     data["target"] = {**data["target"], "device": "cuda", "execution_provider": "CUDAExecutionProvider"}
@@ -81,3 +87,16 @@ def test_an_impossible_budget_ends_with_no_feasible_model(ray_2_cpus, tmp_path):
     events = [(e.kind, e.message) for e in store.list_events(result.job_id)]
     assert ("log", note) in events and ("warning", weak) in events
     assert all(t.metrics["latency_ms"] > 0 for t in store.list_trials(result.job_id))
+    # the rule and the ms it resolved to, from int8's latency measured on this target, both recorded
+    budget = job.result["budget"]
+    assert budget["rule"]["latency"] == {"speedup_vs": "ort_dynamic_int8", "factor": 1000.0}
+    int8_ms = budget["baselines"]["ort_dynamic_int8"]["latency_ms"]
+    assert int8_ms > 0 and budget["resolved"]["latency_ms"] == pytest.approx(int8_ms / 1000)
+    assert budget["resolved"]["latency"] is None
+    text = budget["text"]["latency"]
+    assert text.startswith("p99 at batch 256 >= 1000x faster than ort_dynamic_int8 (<= ")
+    assert ("budget", f"budget: {text}") in events and html.escape(f"Budget: {text}") in page
+    # the closest candidates are still reported, judged against the resolved figure
+    trials = store.list_trials(result.job_id)
+    assert all(not t.metrics["feasible"] and t.metrics["distance_to_feasible"] > 0 for t in trials)
+    assert any("latency p99 at batch 256" in v for t in trials for v in t.metrics["violations"])

@@ -25,7 +25,23 @@ def test_defaults_and_round_trip() -> None:
         ({"batch_size": 0}, r"budget\.batch_size: Input should be greater than or equal to 1"),
         ({"percentile": 90}, r"budget\.percentile: Input should be 50, 95 or 99"),
         ({"max_auc_drop": -0.01}, r"budget\.max_auc_drop: Input should be greater than or equal to 0"),
-        ({"latency": 1.0}, r"budget\.latency: unknown field; allowed: \['batch_size', 'latency_ms'"),
+        ({"latencyms": 1.0}, r"budget\.latencyms: unknown field; allowed: \['batch_size', 'latency'"),
+        ({"latency": 1.0}, r"budget\.latency: Input should be a valid dictionary"),
+        (
+            {"latency": {"speedup_vs": "onnx_fp16", "factor": 5}},
+            r"budget\.latency\.speedup_vs: Input should be 'onnx_fp32' or 'ort_dynamic_int8'",
+        ),
+        (
+            {"latency": {"speedup_vs": "onnx_fp32", "factor": 0}},
+            r"budget\.latency\.factor: Input should be greater",
+        ),
+        ({"size": {"smaller_than": "onnx_fp32"}}, r"budget\.size\.factor: Field required"),
+        ({"size": {"speedup_vs": "onnx_fp32", "factor": 2}}, r"budget\.size\.speedup_vs: unknown field"),
+        (
+            {"latency_ms": 1.0, "latency": {"speedup_vs": "onnx_fp32", "factor": 5}},
+            r"give latency_ms \(absolute\) or latency \(relative to a baseline\), not both",
+        ),
+        ({"size_mb": 5, "size": {"smaller_than": "onnx_fp32", "factor": 5}}, r"give size_mb .* or size"),
     ],
 )
 def test_bad_values_name_the_field(data: dict[str, object], message: str) -> None:
@@ -74,3 +90,49 @@ def test_a_missing_metric_is_named() -> None:
         Budget(latency_ms=1.0).check({"size_mb": 1.0})
     with pytest.raises(AutocompressError, match=r"budget\.max_auc_drop needs the metric 'delta_auc'"):
         Budget(max_auc_drop=0.0).check({"delta_auc": None})
+
+
+def test_a_relative_budget_resolves_against_the_measured_baselines() -> None:
+    from autocompress.search.budget import BaselineFigures
+
+    rule = Budget.from_dict(
+        {
+            "latency": {"speedup_vs": "ort_dynamic_int8", "factor": 1.5},
+            "size": {"smaller_than": "onnx_fp32", "factor": 20},
+            "batch_size": 64,
+            "max_auc_drop": 0.001,
+        }
+    )
+    assert rule.relative and Budget.from_dict(rule.to_dict()) == rule
+    with pytest.raises(AutocompressError, match="relative to a baseline; resolve them"):
+        rule.check({"latency_ms": 1.0, "size_mb": 1.0, "delta_auc": 0.0})
+    figures = {
+        "onnx_fp32": BaselineFigures(latency_ms=4.0, size_mb=80.0),
+        "ort_dynamic_int8": BaselineFigures(latency_ms=1.5, size_mb=20.0),
+    }
+    resolved = rule.resolve(figures)
+    assert not resolved.relative
+    assert resolved.latency_ms == pytest.approx(1.0) and resolved.size_mb == pytest.approx(4.0)
+    assert (resolved.batch_size, resolved.percentile, resolved.max_auc_drop) == (64, 99, 0.001)
+    assert resolved.check({"latency_ms": 0.9, "size_mb": 3.9, "delta_auc": 0.0}).feasible
+    assert not resolved.check({"latency_ms": 1.1, "size_mb": 3.9, "delta_auc": 0.0}).feasible
+    assert rule.describe()["latency"] == "p99 at batch 64 >= 1.5x faster than ort_dynamic_int8"
+    assert rule.describe()["size"] == ">= 20x smaller than onnx_fp32"
+    # an absolute budget needs no baseline; a rule whose baseline was not measured is named
+    assert Budget(latency_ms=2.0).resolve({}) == Budget(latency_ms=2.0)
+    with pytest.raises(AutocompressError, match=r"budget\.latency\.speedup_vs: baseline 'ort_dynamic_int8'"):
+        rule.resolve({"onnx_fp32": figures["onnx_fp32"]})
+
+
+def test_a_preset_stating_one_form_of_a_bound_replaces_the_other() -> None:
+    from autocompress.search.budget import merge_budgets
+
+    base = {"latency": {"speedup_vs": "onnx_fp32", "factor": 4}, "size_mb": 10.0, "max_auc_drop": 0.002}
+    merged = merge_budgets(base, {"latency_ms": 2.0, "size": {"smaller_than": "onnx_fp32", "factor": 9}})
+    assert merged == {
+        "latency_ms": 2.0,
+        "size": {"smaller_than": "onnx_fp32", "factor": 9},
+        "max_auc_drop": 0.002,
+    }
+    assert Budget.from_dict(merged).relative
+    assert merge_budgets(base, {"max_auc_drop": 0.001})["latency"] == base["latency"]  # others inherited

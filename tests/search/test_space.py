@@ -92,9 +92,23 @@ def test_the_shipped_realtime_preset_hashes_prunes_and_quantizes_under_a_tight_b
         ("structured_pruning", False),
         ("dynamic_int8", False),
     ]
-    assert realtime.budget == Budget(
-        latency_ms=1.0, batch_size=256, percentile=99, size_mb=5.0, max_auc_drop=0.002
+    # relative to the job's own fp32 baseline, so it means the same on any dataset
+    assert realtime.budget == Budget.from_dict(
+        {
+            "latency": {"speedup_vs": "onnx_fp32", "factor": 4.5},
+            "size": {"smaller_than": "onnx_fp32", "factor": 16},
+            "max_auc_drop": 0.002,
+        }
     )
+
+
+@pytest.mark.parametrize("family", ["dlrm", "deepfm", "dcn_v2", "two_tower", "din"])
+def test_every_shipped_preset_states_its_budget_against_the_fp32_baseline(family):
+    for preset in (None, "realtime", "accuracy", "small"):
+        budget = load_search_space(family, preset).budget
+        assert budget.latency is not None and budget.latency.speedup_vs == "onnx_fp32", (family, preset)
+        assert budget.latency_ms is None and budget.size_mb is None, (family, preset)
+        assert budget.relative and budget.max_auc_drop is not None
 
 
 def test_presets_override_arch_policy_and_budget():
@@ -233,7 +247,11 @@ def test_explicit_path_as_file_or_folder(tmp_path):
         (edited(presets__fast__searcher="tpe"), r"presets.fast: unknown key\(s\) \['searcher'\]"),
         (edited(budget__percentile=90), r"dlrm.yaml: budget.percentile: Input should be 50, 95 or 99"),
         (edited(budget__latency_ms=-1), r"dlrm.yaml: budget.latency_ms: Input should be greater than 0"),
-        (edited(presets__fast__budget={"size": 1}), r"dlrm.yaml: presets.fast.budget.size: unknown field"),
+        (edited(presets__fast__budget={"sizes": 1}), r"dlrm.yaml: presets.fast.budget.sizes: unknown field"),
+        (
+            edited(presets__fast__budget={"size": {"smaller_than": "onnx_fp32", "factor": -2}}),
+            r"dlrm.yaml: presets.fast.budget.size.factor: Input should be greater than 0",
+        ),
         (edited(family="xgboost"), r"family 'xgboost' is not one of \['dlrm'"),
         (edited(version=2), r"version must be 1, got 2"),
         (edited(policy__0__optional="yes"), r"policy\[0\].optional: must be true or false"),
