@@ -215,8 +215,8 @@ def resolve_budget(budget: Any, figures: Mapping[str, Any]) -> dict[str, Any]:
     """The job's budget record: the rule as given, the absolute ms / MB it resolves to, the baselines.
 
     ``text`` says each bound in words, a relative one as its rule next to what it resolved to
-    (``p99 at batch 256 >= 5x faster than onnx_fp32 (<= 0.89 ms)``): what the CLI, the API and the
-    report show.
+    (``latency p99 at batch 256 >= 5x faster than onnx_fp32 (<= 0.89 ms)``): what the CLI, the API
+    and the report show.
     """
     resolved = budget.resolve(figures)
     text = budget.describe()

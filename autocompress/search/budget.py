@@ -130,15 +130,15 @@ class Budget(SpecModel):
     def describe(self) -> dict[str, str]:
         """Each bound in words, relative ones as their rule: what the CLI and the report print."""
         out: dict[str, str] = {}
-        at = f"p{self.percentile} at batch {self.batch_size}"
+        at = f"latency p{self.percentile} at batch {self.batch_size}"
         if self.latency is not None:
             out["latency"] = f"{at} >= {self.latency.factor:g}x faster than {self.latency.speedup_vs}"
         elif self.latency_ms is not None:
             out["latency"] = f"{at} <= {_fmt(self.latency_ms)} ms"
         if self.size is not None:
-            out["size"] = f">= {self.size.factor:g}x smaller than {self.size.smaller_than}"
+            out["size"] = f"size >= {self.size.factor:g}x smaller than {self.size.smaller_than}"
         elif self.size_mb is not None:
-            out["size"] = f"<= {_fmt(self.size_mb)} MB"
+            out["size"] = f"size <= {_fmt(self.size_mb)} MB"
         if self.max_auc_drop is not None:
             out["max_auc_drop"] = f"valid AUC drop <= {self.max_auc_drop:.4f}"
         return out

@@ -133,6 +133,7 @@ def test_the_tiny_job_from_submission_to_model_download(api_factory, sqlite_url,
     shown = run("jobs", "show", job_id)
     assert f"job {job_id} (tiny-dlrm): SUCCEEDED" in shown and f"model: {model_id}" in shown
     assert f"trials: {progress['done']} done, 0 running, {progress['failed']} failed of {TRIALS}" in shown
+    assert "budget: latency p99 at batch 256 <= 5.00 ms; size <= 5.00 MB" in shown  # the example's, absolute
     logs = run("jobs", "logs", job_id)
     assert "PENDING -> RUNNING" in logs and "RUNNING -> SUCCEEDED" in logs and "driver started" in logs
     assert model_id in run("models", "list", "--job", job_id)

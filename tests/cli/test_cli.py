@@ -92,7 +92,7 @@ def test_report_shows_a_recorded_job_and_names_an_unknown_one(tmp_path):
     store.record_trial(job.id, "t1", "COMPLETED", metrics={"valid_auc": 0.8})
     row = {"name": "winner", "test_auc": 0.81, "delta_auc": -0.001, "size_mb": 2.5, "size_ratio": 31.8}
     row.update({"p99_ms_b256": 0.9, "speedup_b256": 4.2})
-    budget = {"text": {"latency": "p99 at batch 256 >= 4.5x faster than onnx_fp32 (<= 0.98 ms)"}}
+    budget = {"text": {"latency": "latency p99 at batch 256 >= 4.5x faster than onnx_fp32 (<= 0.98 ms)"}}
     store.set_job_status(
         job.id, JobStatus.SUCCEEDED, result={"rows": [row], "report": "/x/report.html", "budget": budget}
     )
@@ -105,7 +105,7 @@ def test_report_shows_a_recorded_job_and_names_an_unknown_one(tmp_path):
         "31.8x",
         "4.20x",
         "report: /x/report.html",
-        "budget: p99 at batch 256 >= 4.5x faster than onnx_fp32 (<= 0.98 ms)",
+        "budget: latency p99 at batch 256 >= 4.5x faster than onnx_fp32 (<= 0.98 ms)",
     ):
         assert text in result.output
     missing = runner.invoke(app, ["report", "no-such-job", "--db", str(tmp_path / "jobs.db")])

@@ -94,7 +94,7 @@ def test_an_impossible_budget_ends_with_no_feasible_model(ray_2_cpus, tmp_path):
     assert int8_ms > 0 and budget["resolved"]["latency_ms"] == pytest.approx(int8_ms / 1000)
     assert budget["resolved"]["latency"] is None
     text = budget["text"]["latency"]
-    assert text.startswith("p99 at batch 256 >= 1000x faster than ort_dynamic_int8 (<= ")
+    assert text.startswith("latency p99 at batch 256 >= 1000x faster than ort_dynamic_int8 (<= ")
     assert ("budget", f"budget: {text}") in events and html.escape(f"Budget: {text}") in page
     # the closest candidates are still reported, judged against the resolved figure
     trials = store.list_trials(result.job_id)

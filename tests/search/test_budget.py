@@ -116,8 +116,15 @@ def test_a_relative_budget_resolves_against_the_measured_baselines() -> None:
     assert (resolved.batch_size, resolved.percentile, resolved.max_auc_drop) == (64, 99, 0.001)
     assert resolved.check({"latency_ms": 0.9, "size_mb": 3.9, "delta_auc": 0.0}).feasible
     assert not resolved.check({"latency_ms": 1.1, "size_mb": 3.9, "delta_auc": 0.0}).feasible
-    assert rule.describe()["latency"] == "p99 at batch 64 >= 1.5x faster than ort_dynamic_int8"
-    assert rule.describe()["size"] == ">= 20x smaller than onnx_fp32"
+    assert rule.describe() == {
+        "latency": "latency p99 at batch 64 >= 1.5x faster than ort_dynamic_int8",
+        "size": "size >= 20x smaller than onnx_fp32",
+        "max_auc_drop": "valid AUC drop <= 0.0010",
+    }
+    assert Budget(latency_ms=2.0, size_mb=5).describe() == {
+        "latency": "latency p99 at batch 256 <= 2.00 ms",
+        "size": "size <= 5.00 MB",
+    }
     # an absolute budget needs no baseline; a rule whose baseline was not measured is named
     assert Budget(latency_ms=2.0).resolve({}) == Budget(latency_ms=2.0)
     with pytest.raises(AutocompressError, match=r"budget\.latency\.speedup_vs: baseline 'ort_dynamic_int8'"):
