@@ -1,11 +1,11 @@
 # `make run` and `make test` each build .venv from scratch on a fresh machine (no step by hand).
-# Everything installs from requirements.lock, the exact set that CI last passed with; `make lock`
+# Everything installs from requirements.txt, the exact set that CI last passed with; `make lock`
 # refreshes it from the ranges in pyproject.toml (see the README, "Installs").
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-LOCK := requirements.lock
+LOCK := requirements.txt
 LOCK_VENV := .lock-venv
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
@@ -48,7 +48,7 @@ lock:
 	$(LOCK_VENV)/bin/python -m pip install --quiet "torch==2.13.*"
 	$(LOCK_VENV)/bin/python -m pip install --quiet -e ".[dev,postgres]"
 	$(LOCK_VENV)/bin/python -m pip check
-	{ echo "# Every package of .venv, direct and transitive: written by \`make lock\`, do not edit."; \
+	{ echo "# The lock file: every package of .venv, direct and transitive, written by \`make lock\`; do not edit."; \
 	  echo "# Installed with --no-deps by \`make install\`; tests/test_lock.py checks .venv against it."; \
 	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable; } > $(LOCK).tmp
 	mv $(LOCK).tmp $(LOCK)

@@ -8,7 +8,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-LOCK = Path(__file__).resolve().parents[1] / "requirements.lock"
+LOCK = Path(__file__).resolve().parents[1] / "requirements.txt"
 
 
 def _canonical(name: str) -> str:
@@ -21,7 +21,7 @@ def _locked() -> dict[str, str]:
         line = line.split("#", 1)[0].strip()
         if line:
             name, sep, version = line.partition("==")
-            assert sep, f"requirements.lock: {line!r} is not pinned with =="
+            assert sep, f"requirements.txt: {line!r} is not pinned with =="
             pins[_canonical(name)] = version.strip()
     return pins
 
@@ -37,9 +37,9 @@ def test_the_lock_pins_every_direct_dependency_within_pyproject_ranges() -> None
         if extras and not set(extras) & {"dev", "postgres"}:
             continue  # extras that `make install` does not install (gpu, nni)
         name = _canonical(req.name)
-        assert name in pins, f"{req.name} is declared in pyproject.toml but missing from requirements.lock"
+        assert name in pins, f"{req.name} is declared in pyproject.toml but missing from requirements.txt"
         assert req.specifier.contains(pins[name], prereleases=True), (
-            f"requirements.lock pins {req.name}=={pins[name]}, outside pyproject.toml's {req.specifier}"
+            f"requirements.txt pins {req.name}=={pins[name]}, outside pyproject.toml's {req.specifier}"
         )
 
 
@@ -51,7 +51,7 @@ def test_installed_versions_equal_the_lock() -> None:
         for name, version in pins.items()
         if installed.get(name) != version
     }
-    assert not wrong, f"installed packages differ from requirements.lock (locked, installed): {wrong}"
+    assert not wrong, f"installed packages differ from requirements.txt (locked, installed): {wrong}"
 
 
 def test_pip_check_is_clean() -> None:
