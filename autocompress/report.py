@@ -19,6 +19,7 @@ COLUMNS = (
     "p50_ms_b1",
     "p99_ms_b256",
     "speedup_b256",
+    "within_budget",
 )
 
 
@@ -126,6 +127,8 @@ def html_report(
 def _format(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
     return str(value)

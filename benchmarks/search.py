@@ -59,7 +59,17 @@ SEARCHES: dict[str, dict[str, Any]] = {
     "tpe+asha": {"searcher": "tpe", "asha": True},
 }
 AUC_LOSS_SCALE = 0.05  # an AUC loss of 0.05 against the reference sits on the hypervolume's edge
-COMPARED = ("test_auc", "delta_auc", "size_ratio", "speedup_b256", "p99_ms_b256")
+COMPARED = (
+    "test_auc",
+    "delta_auc",
+    "size_mb",
+    "size_ratio",
+    "speedup_b256",
+    "p99_ms_b256",
+    "latency_ms",
+    "within_budget",
+    "violations",
+)
 
 
 def hypervolume(candidates: list[Candidate], reference_auc: float, fp32_ms: float, fp32_mb: float) -> float:
@@ -115,6 +125,7 @@ def run(quick: bool, trials: int, searches: list[str]) -> dict[str, Any]:
     store = Store(work / "bench.db")
     results: dict[str, Any] = {}
     pool: list[Candidate] = []
+    configs: dict[str, dict[str, Any]] = {}  # trial -> its architecture and policy, for the winner's record
     for label in searches:
         settings = SearchSettings.model_validate(
             {**spec.search.model_dump(), **SEARCHES[label], "num_trials": trials, "seed": 0}
@@ -134,6 +145,7 @@ def run(quick: bool, trials: int, searches: list[str]) -> dict[str, Any]:
         )
         wall = time.perf_counter() - started
         records = store.list_trials(job.id)
+        configs.update({r.trial_key: r.config for r in records})
         completed = finished_candidates(records)
         results[label] = {
             "trials": len(records),
@@ -157,12 +169,18 @@ def run(quick: bool, trials: int, searches: list[str]) -> dict[str, Any]:
         r["feasible"] = len(feasible)
         r["best_feasible_valid_auc"] = max((c.valid_auc for c in feasible), default=None)
         r["hypervolume"] = hypervolume(completed, reference.valid_auc, fp32_ms, fp32_mb)
+        r["candidates"] = completed
         pool += completed
     selection = select_winner(pool)
     models = dict(baselines)
     if selection.winner is not None:
         models = {"winner": Path(str(selection.winner.metrics["onnx_path"])), **models}
     rows = {r["name"]: r for r in compare_on_test(models, dataset, target, budget, cache_dir)}
+    winner_searcher = None
+    if selection.winner is not None:
+        winner_searcher = next(n for n, r in results.items() if selection.winner in r["candidates"])
+    for r in results.values():
+        del r["candidates"]
     return {
         "dataset": dataset.name,
         "preset": f"{spec.family}/{spec.preset}",
@@ -173,6 +191,8 @@ def run(quick: bool, trials: int, searches: list[str]) -> dict[str, Any]:
         if selection.winner is None
         else {
             "trial": selection.winner.trial_id,
+            "searcher": winner_searcher,
+            "config": configs.get(selection.winner.trial_id),
             "techniques": selection.winner.metrics.get("techniques"),
             **{k: rows["winner"][k] for k in COMPARED},
         },
@@ -221,12 +241,12 @@ def print_tables(result: dict[str, Any]) -> None:
         )
     console.print(searchers)
     comparison = Table(title="test split, side by side")
-    for col in ("model", "test AUC", "ΔAUC", "smaller", "b256 speed-up", "b256 p99 ms"):
+    for col in ("model", "test AUC", "ΔAUC", "smaller", "b256 speed-up", "b256 p99 ms", "in budget"):
         comparison.add_column(col, justify="right")
     for name in ("winner", "ort_dynamic_int8", "onnx_fp32"):
         r = result[name]
         if r is None:
-            comparison.add_row(name, result["no_winner_reason"] or "-", "", "", "", "")
+            comparison.add_row(name, result["no_winner_reason"] or "-", "", "", "", "", "")
             continue
         comparison.add_row(
             name,
@@ -235,6 +255,7 @@ def print_tables(result: dict[str, Any]) -> None:
             f"{r['size_ratio']:.1f}x",
             f"{r['speedup_b256']:.2f}x",
             f"{r['p99_ms_b256']:.3f}",
+            "yes" if r["within_budget"] else "no: " + "; ".join(r["violations"]),
         )
     console.print(comparison)
     for name, met in result["targets"].items():

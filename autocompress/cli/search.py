@@ -194,9 +194,10 @@ def _progress_fields(store: Any, job_id: str) -> dict[str, Any]:
 def _print_comparison(rows: list[dict[str, Any]], title: str) -> None:
     """The winner next to fp32 ONNX and ORT dynamic int8, as ``run_job`` measured them."""
     table = RichTable(title=title)
-    for col in ("model", "test AUC", "ΔAUC", "MB", "smaller", "b256 p99 ms", "b256 speed-up"):
+    for col in ("model", "test AUC", "ΔAUC", "MB", "smaller", "b256 p99 ms", "b256 speed-up", "in budget"):
         table.add_column(col, justify="right")
     for r in rows:
+        within = r.get("within_budget")  # absent in the results of jobs that predate the final check
         table.add_row(
             r["name"],
             f"{r['test_auc']:.4f}",
@@ -205,5 +206,6 @@ def _print_comparison(rows: list[dict[str, Any]], title: str) -> None:
             f"{r['size_ratio']:.1f}x",
             f"{r['p99_ms_b256']:.3f}",
             f"{r['speedup_b256']:.2f}x",
+            "-" if within is None else ("yes" if within else "no"),
         )
     console.print(table)

@@ -131,6 +131,7 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
     store.add_event(job_id, "log", "measuring the baselines (fp32 ONNX, ONNX Runtime dynamic int8)")
     baselines = baseline_models(reference, dataset, work)
     figures = baseline_figures(baselines, dataset, target, budget, work / "latency-cache")
+    _warn_busy(store, job_id, notes, "the baselines", [f.busy_warning for f in figures.values()])
     budget_record = resolve_budget(budget, figures)
     budget = Budget.from_dict(budget_record["resolved"])
     store.add_event(job_id, "budget", "budget: " + "; ".join(budget_record["text"].values()))
@@ -161,6 +162,9 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
     finished = remeasure_latency(finished, dataset, target, budget, shared.cache_dir)
     for candidate in finished:  # the store, the API's pareto view and the winner agree on the figures
         store.record_trial(job_id, candidate.trial_id, TrialStatus.COMPLETED, metrics=candidate.metrics)
+    _warn_busy(
+        store, job_id, notes, "the finished candidates", [c.metrics["latency_busy_warning"] for c in finished]
+    )
     selection = select_winner(finished)
 
     # the test split decides the comparison: the winner next to fp32 and ORT dynamic int8
@@ -169,6 +173,13 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
     if selection.winner is not None:
         models = {"winner": Path(str(selection.winner.metrics["onnx_path"])), **models}
     rows = compare_on_test(models, dataset, target, budget, shared.cache_dir)
+    _warn_busy(store, job_id, notes, "the test comparison", [r["busy_warning"] for r in rows])
+    winner_row = next((r for r in rows if r["name"] == "winner"), None)
+    if winner_row is not None and not winner_row["within_budget"]:  # selected on valid, judged on test
+        notes.append(
+            "the winner does not meet the budget on the test split: " + "; ".join(winner_row["violations"])
+        )
+        store.add_event(job_id, "warning", notes[-1])
 
     plot = pareto_plot(finished, selection, work / "pareto.png", budget_latency_ms=budget.latency_ms)
     budget_note = "Budget: " + "; ".join(budget_record["text"].values())
@@ -189,12 +200,14 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
         encoders = FeatureEncoders.from_dataset_info(dataset.info)
         if encoders is not None:  # real data: served requests carry raw values, mapped as in training
             encoders.save(work)
-        winner_row = next(r for r in rows if r["name"] == "winner")
         model_id = store.register_model(
             f"{spec.name}-winner",
             artifact,
             dataset.schema.to_dict(),
-            {**selection.winner.metrics, "test": {k: v for k, v in winner_row.items() if k != "name"}},
+            {
+                **selection.winner.metrics,
+                "test": {k: v for k, v in (winner_row or {}).items() if k != "name"},
+            },
             job_id=job_id,
             trial_id=_trial_row_id(store, job_id, selection.winner.trial_id),
         ).id
@@ -230,6 +243,14 @@ def resolve_budget(budget: Any, figures: Mapping[str, Any]) -> dict[str, Any]:
         "baselines": {name: dataclasses.asdict(f) for name, f in figures.items()},
         "text": text,
     }
+
+
+def _warn_busy(store: Any, job_id: str, notes: list[str], what: str, warnings: list[str | None]) -> None:
+    """One warning (an event and a report note) when any of ``what`` was measured on a busy node."""
+    busy = [w for w in warnings if w]
+    if busy:
+        notes.append(f"latency of {len(busy)} of {len(warnings)} of {what}: {busy[0]}")
+        store.add_event(job_id, "warning", notes[-1])
 
 
 def _trial_row_id(store: Any, job_id: str, trial_key: str) -> str | None:

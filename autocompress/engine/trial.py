@@ -19,6 +19,12 @@ The final report (``stage="final"``, once, after a trial that was not stopped):
   target's plus the budget's), ``latency_cache_hit``; where it ran: ``node_id``,
   ``latency_node_id`` and ``latency_resource`` (the node that measured, and the resource it
   was placed by: None when measured in the trial's process);
+- how busy the measuring node was (``autocompress.measure.busy``): ``latency_busy``,
+  ``latency_busy_warning`` (a sentence when busy, else None), ``latency_attempts``,
+  ``latency_probe_ms`` (the slower calibration probe around the measurement),
+  ``latency_quiet_probe_ms`` (the node's quiet figure), ``latency_probe_ratio``, and the noise
+  ``cv_b{B}`` and ``p99_over_p50_b{B}`` for every measured batch size B; a figure from the cache
+  keeps the load it was measured under;
 - size: ``size_bytes`` (ONNX file plus external data), ``size_mb`` (10^6 bytes), ``size_ratio``
   (the reference's ONNX bytes over this model's: 16 means 16x smaller; None when unknown),
   ``params`` (parameters of the compressed torch model), ``macs`` (multiply-accumulates per
@@ -41,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from autocompress.data.table import Dataset
 from autocompress.errors import AutocompressError
+from autocompress.measure.busy import BusyPolicy
 from autocompress.search.budget import Budget
 from autocompress.spec import Target
 from autocompress.techniques.policy import Policy
@@ -52,6 +59,7 @@ if TYPE_CHECKING:
     from autocompress.train import EpochReport
 
 TRIAL_SPEC_VERSION = 1
+IN_TRIAL_BUSY = BusyPolicy(retries=0)  # flagged, not waited for: the job measures again once trials end
 TrialStatus = Literal["completed", "stopped"]
 Report = Callable[[dict[str, Any]], bool | None]
 
@@ -288,7 +296,11 @@ def run_trial(spec: TrialSpec, shared: SharedResources, report: Report | None = 
     target = measured_target(shared.target, budget)
     key = latency_cache_key(onnx_path, data.schema, target)
     metrics["latency_cache_hit"] = cached_latency(shared.cache_dir, key) is not None
-    placed = measure_on_target(onnx_path, data.schema, target, cache_dir=shared.cache_dir, key=key)
+    # no waiting for a quiet node here: other trials train beside this one, and the job measures
+    # every finished candidate again once none does (``comparison.remeasure_latency``), waiting there
+    placed = measure_on_target(
+        onnx_path, data.schema, target, cache_dir=shared.cache_dir, key=key, busy_policy=IN_TRIAL_BUSY
+    )
     latency = placed.report
     metrics["latency_node_id"] = placed.node_id
     metrics["latency_resource"] = placed.resource
@@ -296,6 +308,15 @@ def run_trial(spec: TrialSpec, shared: SharedResources, report: Report | None = 
     for row in latency.rows:
         for p in (50, 95, 99):
             metrics[f"p{p}_ms_b{row.batch_size}"] = getattr(row, f"p{p}_ms")
+        metrics[f"cv_b{row.batch_size}"] = row.cv
+        metrics[f"p99_over_p50_b{row.batch_size}"] = row.p99_over_p50
+    load = latency.load
+    metrics["latency_busy"] = latency.busy
+    metrics["latency_busy_warning"] = latency.busy_warning
+    metrics["latency_attempts"] = load.attempts if load else None
+    metrics["latency_probe_ms"] = max(load.probe_before_ms, load.probe_after_ms) if load else None
+    metrics["latency_quiet_probe_ms"] = load.quiet_probe_ms if load else None
+    metrics["latency_probe_ratio"] = load.probe_ratio if load else None
     metrics["seconds_latency"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -1,5 +1,6 @@
 """Measure: quality (AUC, logloss, GAUC, NDCG@K, Recall@K), latency on a target, and model size/MACs."""
 
+from autocompress.measure.busy import BusyPolicy, NodeLoad
 from autocompress.measure.latency import LatencyReport, LatencyRow, measure_latency, measure_torch_latency
 from autocompress.measure.latency_cache import measure_exclusively
 from autocompress.measure.quality import auc, gauc, logloss, ndcg_at_k, recall_at_k
@@ -12,8 +13,10 @@ from autocompress.measure.size import (
 )
 
 __all__ = [
+    "BusyPolicy",
     "LatencyReport",
     "LatencyRow",
+    "NodeLoad",
     "auc",
     "gauc",
     "logloss",

@@ -14,6 +14,7 @@ import numpy as np
 from autocompress.data.schema import FeatureSchema
 from autocompress.errors import AutocompressError
 from autocompress.export.session import feed
+from autocompress.measure.busy import NodeLoad
 from autocompress.spec import Target
 
 if TYPE_CHECKING:
@@ -37,13 +38,33 @@ class LatencyRow:
     repetitions: int
     rows_per_second: float
 
+    @property
+    def p99_over_p50(self) -> float:
+        """The tail over the median: near 1 on a quiet node, large when runs were interrupted."""
+        return self.p99_ms / self.p50_ms if self.p50_ms > 0 else 1.0
+
 
 @dataclass(frozen=True)
 class LatencyReport:
-    """One ``LatencyRow`` per batch size of the target, and the target they were measured on."""
+    """One ``LatencyRow`` per batch size of the target, and the target they were measured on.
+
+    ``load``: how busy the node was and the verdict (``autocompress.measure.busy``); None for a
+    measurement taken without the check (``measure_latency`` alone).
+    """
 
     rows: tuple[LatencyRow, ...]
     target: Target
+    load: NodeLoad | None = None
+
+    @property
+    def busy(self) -> bool:
+        """True when the node was busy beyond the policy through every retry (see ``load.warning``)."""
+        return self.load is not None and self.load.busy
+
+    @property
+    def busy_warning(self) -> str | None:
+        """The busy warning for the trial, the job's events and the report; None when quiet or unchecked."""
+        return self.load.warning if self.load is not None else None
 
     def at(self, batch_size: int, percentile: int | None = None) -> float:
         """Milliseconds at ``percentile`` (default: the target's) for ``batch_size``: what a budget checks."""
@@ -59,8 +80,12 @@ class LatencyReport:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (rows and target) for the store and the report."""
-        return {"rows": [asdict(r) for r in self.rows], "target": self.target.to_dict()}
+        """JSON-able form (rows, target and load) for the store, the latency cache and the report."""
+        return {
+            "rows": [asdict(r) for r in self.rows],
+            "target": self.target.to_dict(),
+            "load": None if self.load is None else asdict(self.load),
+        }
 
 
 def measure_latency(

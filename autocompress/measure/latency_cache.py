@@ -5,6 +5,12 @@ exclusive ``fcntl.flock`` on ``cache_dir/measure.lock`` (it holds across process
 included, on one node). Results are cached as JSON keyed by the sha256 of the ONNX file and its
 external data, the target and the schema: a trial that exports an identical model is not timed
 again.
+
+Every measurement taken here is checked for a busy node (``autocompress.measure.busy``): framed by
+calibration probes, retried while busy (bounded by the ``BusyPolicy``), and cached with its
+``NodeLoad``, so a busy figure comes back from the cache flagged, never as a quiet one (``refresh``
+takes it again). The node's quiet figure, the fastest probe so far per node, is kept in
+``cache_dir/quiet-probe.json``.
 """
 
 from __future__ import annotations
@@ -15,17 +21,26 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autocompress.data.schema import FeatureSchema
 from autocompress.errors import AutocompressError
+from autocompress.measure import busy
+from autocompress.measure.busy import BusyPolicy, NodeLoad, assess_load, calibration_probe_ms
 from autocompress.measure.latency import LatencyReport, LatencyRow, measure_latency
 from autocompress.spec import Target
 
-CACHE_VERSION = 1
+if TYPE_CHECKING:
+    import onnxruntime
+
+CACHE_VERSION = 2  # 2: entries carry the node's load (busy check)
 LOCK_FILE = "measure.lock"
+QUIET_FILE = "quiet-probe.json"
+QUIET_VERSION = 1
 
 
 def onnx_sha256(onnx_path: str | Path) -> str:
@@ -72,6 +87,7 @@ def measure_exclusively(
     seed: int = 0,
     key: str | None = None,
     refresh: bool = False,
+    busy_policy: BusyPolicy | None = None,
 ) -> LatencyReport:
     """Latency of ``onnx_path`` on ``target``: from the cache, else measured under the node-wide lock.
 
@@ -82,6 +98,8 @@ def measure_exclusively(
     lock on ``cache_dir/measure.lock``; the cache is checked again once the lock is held (another
     process may have measured the same model meanwhile) and the entry is written atomically.
     ``key`` may pass a ``latency_cache_key`` computed before, to hash a large model only once.
+    The measurement is checked for a busy node with ``busy_policy`` (default
+    ``busy.DEFAULT_BUSY_POLICY``): the report's ``load`` says how busy, ``busy_warning`` why.
     """
     from autocompress.export import create_session
 
@@ -95,12 +113,69 @@ def measure_exclusively(
         if report is not None:
             return report
         session = create_session(onnx_path, target)
-        report = measure_latency(session, schema, target, seed=seed)
+        policy = busy_policy or busy.DEFAULT_BUSY_POLICY
+        report = _measure_checked(session, schema, target, seed, cache, policy)
         del session
     _write_atomically(
         cache / f"{key}.json", {"key": key, "onnx_path": str(onnx_path), "report": report.to_dict()}
     )
     return report
+
+
+def quiet_probe_ms(cache_dir: str | Path) -> float | None:
+    """This node's quiet figure (the fastest calibration probe seen so far) kept in ``cache_dir``, or None."""
+    figure = _quiet_figures(Path(cache_dir) / QUIET_FILE).get(busy.probe_node_key())
+    return float(figure) if isinstance(figure, int | float) else None
+
+
+def record_probe(cache_dir: str | Path, *probes_ms: float) -> float:
+    """Lower this node's quiet figure in ``cache_dir`` to the fastest of ``probes_ms``; return the figure.
+
+    The figure only ever goes down: a node whose first probe ran while it was busy gets its true
+    quiet figure from the first quieter probe, and a busy probe never raises it. The caller holds
+    the node-wide lock (``measure_exclusively`` does), so updates do not race.
+    """
+    path = Path(cache_dir) / QUIET_FILE
+    figures = _quiet_figures(path)
+    node = busy.probe_node_key()
+    known = figures.get(node)
+    lowest = min(probes_ms) if not isinstance(known, int | float) else min(float(known), *probes_ms)
+    if lowest != known:
+        _write_atomically(path, {"version": QUIET_VERSION, "probe_ms": {**figures, node: lowest}})
+    return lowest
+
+
+def _quiet_figures(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != QUIET_VERSION:
+        return {}
+    figures = data.get("probe_ms")
+    return figures if isinstance(figures, dict) else {}
+
+
+def _measure_checked(
+    session: onnxruntime.InferenceSession,
+    schema: FeatureSchema,
+    target: Target,
+    seed: int,
+    cache: Path,
+    policy: BusyPolicy,
+) -> LatencyReport:
+    """``measure_latency`` between two calibration probes, taken again while the node is busy."""
+    attempts = 0
+    while True:
+        attempts += 1
+        before = calibration_probe_ms()
+        report = measure_latency(session, schema, target, seed=seed)
+        after = calibration_probe_ms()
+        quiet = record_probe(cache, before, after)
+        load = assess_load(report, before, after, quiet, attempts=attempts, policy=policy)
+        if not load.busy or attempts > policy.retries:
+            return replace(report, load=load)
+        time.sleep(policy.wait_seconds)
 
 
 def _cache_folder(cache_dir: str | Path) -> Path:
@@ -143,6 +218,7 @@ def _report_from_dict(data: dict[str, Any]) -> LatencyReport:
     return LatencyReport(
         rows=tuple(LatencyRow(**row) for row in data["rows"]),
         target=Target.from_dict(data["target"]),
+        load=None if data.get("load") is None else NodeLoad.from_dict(data["load"]),
     )
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from autocompress.data.schema import FeatureSchema
 from autocompress.errors import AutocompressError
+from autocompress.measure.busy import BusyPolicy
 from autocompress.measure.latency import LatencyReport
 from autocompress.spec import Target
 
@@ -68,13 +69,25 @@ def measure_on_target(
     cache_dir: str | Path,
     key: str | None = None,
     refresh: bool = False,
+    busy_policy: BusyPolicy | None = None,
 ) -> PlacedLatency:
-    """``measure_exclusively`` on a node of the target's kind (see the module docstring)."""
+    """``measure_exclusively`` on a node of the target's kind (see the module docstring).
+
+    The busy check runs where the measurement does, against that node's quiet figure.
+    """
     from autocompress.measure.latency_cache import measure_exclusively
 
     resource = latency_resource(target)
     if resource is None:
-        report = measure_exclusively(onnx_path, schema, target, cache_dir=cache_dir, key=key, refresh=refresh)
+        report = measure_exclusively(
+            onnx_path,
+            schema,
+            target,
+            cache_dir=cache_dir,
+            key=key,
+            refresh=refresh,
+            busy_policy=busy_policy,
+        )
         return PlacedLatency(report, current_node_id(), None)
     import ray
 
@@ -91,7 +104,9 @@ def measure_on_target(
         num_cpus=0,
         scheduling_strategy="DEFAULT",  # not inside the trial's placement group: that has no such resource
     )
-    report, node_id = ray.get(task.remote(files, path.name, schema, target, str(cache_dir), key, refresh))
+    report, node_id = ray.get(
+        task.remote(files, path.name, schema, target, str(cache_dir), key, refresh, busy_policy)
+    )
     return PlacedLatency(report, node_id, resource)
 
 
@@ -103,6 +118,7 @@ def _measure_files(
     cache_dir: str,
     key: str | None,
     refresh: bool,
+    busy_policy: BusyPolicy | None = None,
 ) -> tuple[LatencyReport, str | None]:
     """The Ray task: write the model to a temporary folder on this node and measure it there."""
     from autocompress.measure.latency_cache import measure_exclusively
@@ -111,7 +127,13 @@ def _measure_files(
         for file_name, data in files.items():
             (Path(tmp) / file_name).write_bytes(data)
         report = measure_exclusively(
-            Path(tmp) / name, schema, target, cache_dir=cache_dir, key=key, refresh=refresh
+            Path(tmp) / name,
+            schema,
+            target,
+            cache_dir=cache_dir,
+            key=key,
+            refresh=refresh,
+            busy_policy=busy_policy,
         )
     return report, current_node_id()
 

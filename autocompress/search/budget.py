@@ -67,6 +67,7 @@ class BaselineFigures:
 
     latency_ms: float  # at the budget's batch size and percentile, on the job's target
     size_mb: float
+    busy_warning: str | None = None  # the latency was measured on a busy node (``measure.busy``)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,11 @@ def ray_2_cpus():
         ray.shutdown()
 
 
+def _busy(note: str) -> bool:
+    """A busy-node warning: said when the suite's other work shared the cores (``measure.busy``)."""
+    return "node busy while measuring latency" in note
+
+
 def test_the_tiny_example_job_finds_a_winner_and_records_every_trial(ray_2_cpus, tmp_path):
     data = load_job_spec("examples/tiny_job.yaml").to_dict()
     data["search"]["num_trials"] = 3  # the example's 6 cost half a minute more and show nothing more
@@ -51,7 +56,11 @@ def test_the_tiny_example_job_finds_a_winner_and_records_every_trial(ray_2_cpus,
     page = Path(result.report_path).read_text()
     assert f"Winner: trial <b>{result.winner_trial}</b>" in page
     assert model.metrics["test"]["test_auc"] == pytest.approx(result.rows[0]["test_auc"])
-    assert not [e for e in store.list_events(result.job_id) if e.kind == "warning"]  # it beats popularity
+    # the figure shown is the figure the winner was selected on, and it still meets the budget
+    assert result.rows[0]["latency_ms"] == model.metrics["latency_ms"]
+    assert result.rows[0]["within_budget"] is True and "<td>yes</td>" in page
+    warnings = [e.message for e in store.list_events(result.job_id) if e.kind == "warning"]
+    assert not [w for w in warnings if not _busy(w)]  # it beats popularity (a busy node may be said)
     # an absolute budget is its own resolution; the baselines were measured before the search
     assert result.budget["rule"] == result.budget["resolved"] == spec.budget.to_dict()
     assert set(result.budget["baselines"]) == {"onnx_fp32", "ort_dynamic_int8"}
@@ -78,12 +87,12 @@ def test_an_impossible_budget_ends_with_no_feasible_model(ray_2_cpus, tmp_path):
     assert [r["name"] for r in result.rows] == ["onnx_fp32", "ort_dynamic_int8"]
     page = Path(result.report_path).read_text()
     assert NO_FEASIBLE_MODEL in page
-    note, weak = result.notes
+    note, weak = [n for n in result.notes if not _busy(n)]
     assert "target device 'cuda'" in note and "measured on the CPU" in note
     assert weak.startswith("reference: the model's valid AUC") and "does not beat popularity alone" in weak
     for text in (note, weak):
         assert text.replace("'", "&#x27;") in page
-    assert job.result["notes"] == [note, weak]
+    assert [n for n in job.result["notes"] if not _busy(n)] == [note, weak]
     events = [(e.kind, e.message) for e in store.list_events(result.job_id)]
     assert ("log", note) in events and ("warning", weak) in events
     assert all(t.metrics["latency_ms"] > 0 for t in store.list_trials(result.job_id))

@@ -75,6 +75,71 @@ def test_candidates_are_measured_again_and_judged_on_the_quiet_figure(tmp_path):
     )
 
 
+def test_a_candidate_measured_again_on_a_busy_node_says_so_and_the_comparison_too(tmp_path):
+    """The job's re-measurement waits for a busy node, then keeps the figure with the busy warning;
+    the test comparison reads the same (flagged) figure, so the job's events and report say it."""
+    from autocompress.engine.comparison import compare_on_test, remeasure_latency
+    from autocompress.search.budget import Budget
+    from autocompress.search.pareto import Candidate
+    from autocompress.testing import tiny_setup
+    from tests.measure.test_busy import cpu_hogs
+
+    setup = tiny_setup("dlrm")
+    path = setup.compress(tmp_path / "model")
+    target = Target(batch_sizes=[64], warmup=2, repetitions=30, max_seconds=0.5)
+    budget = Budget(latency_ms=500.0, batch_size=64, percentile=99, size_mb=None, max_auc_drop=None)
+    cache = tmp_path / "cache"
+    trial = {"valid_auc": 0.7, "latency_ms": 1.0, "size_mb": 1.0, "onnx_path": str(path), "feasible": True}
+    trial.update(violations=[], distance_to_feasible=0.0)
+    remeasure_latency(
+        [Candidate.from_metrics("t1", trial)], setup.dataset, target, budget, cache
+    )  # quiet figure
+    with cpu_hogs():
+        (busy,) = remeasure_latency(
+            [Candidate.from_metrics("t1", trial)], setup.dataset, target, budget, cache
+        )
+        rows = compare_on_test({"onnx_fp32": path}, setup.dataset, target, budget, cache)
+    warning = busy.metrics["latency_busy_warning"]
+    assert busy.metrics["latency_busy"] is True and warning.startswith("node busy while measuring latency")
+    assert "still busy after 3 measurement(s)" in warning  # waited for, twice, before it gave up
+    assert rows[0]["busy_warning"] == warning
+
+
+def test_the_test_comparison_checks_the_budget_again_on_the_figures_it_shows(tmp_path):
+    """A model selected on the valid split is judged on the test split's figures, and says which bound
+    it misses: the same latency cache entry the selection used, the test AUC against fp32's."""
+    from autocompress.engine.comparison import compare_on_test
+    from autocompress.measure import measure_exclusively
+    from autocompress.search.budget import Budget
+    from autocompress.techniques.dynamic_int8 import Config as DynamicInt8
+    from autocompress.testing import tiny_setup
+
+    setup = tiny_setup("dlrm")
+    fp32 = setup.compress(tmp_path / "fp32")
+    int8 = setup.compress(tmp_path / "int8", DynamicInt8(op_types=("MatMul", "Gemm", "Gather")))
+    target = Target(batch_sizes=[64], warmup=2, repetitions=30, max_seconds=1)
+    cache = tmp_path / "cache"
+    selected_on = measure_exclusively(int8, setup.dataset.schema, target, cache_dir=cache).at(64, 95)
+    fp32_mb = fp32.stat().st_size / 1e6
+
+    def compare(latency_ms: float) -> dict:  # room for int8's size, not fp32's
+        budget = Budget(
+            latency_ms=latency_ms, batch_size=64, percentile=95, size_mb=fp32_mb * 0.6, max_auc_drop=0.5
+        )
+        rows = compare_on_test({"winner": int8, "onnx_fp32": fp32}, setup.dataset, target, budget, cache)
+        return {r["name"]: r for r in rows}
+
+    rows = compare(500.0)
+    assert rows["winner"]["latency_ms"] == selected_on  # the figure it was selected on, not a new one
+    assert rows["winner"]["violations"] == [] and rows["winner"]["within_budget"] is True
+    assert rows["onnx_fp32"]["within_budget"] is False
+    assert [v.split(" is ")[0] for v in rows["onnx_fp32"]["violations"]] == ["size"]
+    # a bound the selection figure misses: the row says so and names it
+    winner = compare(selected_on / 2)["winner"]
+    assert winner["within_budget"] is False
+    assert [v.split(" is ")[0] for v in winner["violations"]] == ["latency p95 at batch 64"]
+
+
 def test_a_resumed_job_loads_its_reference_instead_of_training_it_again(tiny_dataset, tmp_path, monkeypatch):
     import autocompress.train
     from autocompress.engine.reference import train_reference

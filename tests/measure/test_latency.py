@@ -56,7 +56,10 @@ def test_report_refuses_unmeasured_points_and_serialises(ranker_path: Path) -> N
     with pytest.raises(AutocompressError, match=r"percentile 90 is not measured; allowed: \[50, 95, 99\]"):
         report.at(4, 90)
 
+    assert report.load is None and not report.busy and report.busy_warning is None  # no busy check here
+    assert report.rows[0].p99_over_p50 == report.rows[0].p99_ms / report.rows[0].p50_ms
     data = report.to_dict()
+    assert data["load"] is None
     assert data["target"] == target.to_dict()
     assert data["rows"][0]["batch_size"] == 4 and data["rows"][0]["repetitions"] == 5
     assert set(data["rows"][0]) == {

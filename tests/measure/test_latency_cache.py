@@ -11,9 +11,10 @@ import torch
 
 from autocompress.errors import AutocompressError
 from autocompress.export import export_onnx
-from autocompress.measure import LatencyReport, latency_cache
+from autocompress.measure import BusyPolicy, LatencyReport, latency_cache
 from autocompress.measure.latency_cache import (
     LOCK_FILE,
+    QUIET_FILE,
     cached_latency,
     latency_cache_key,
     measure_exclusively,
@@ -23,6 +24,8 @@ from autocompress.spec import Target
 from tests.export.tiny_ranker import TinyRanker, tiny_schema
 
 TARGET = Target(batch_sizes=[1, 8], warmup=1, repetitions=5, max_seconds=0.5)
+# these tests count measurements; a busy test machine must not add retries (tests/measure/test_busy.py)
+ONCE = BusyPolicy(retries=0)
 
 
 def _export(path: Path, seed: int) -> Path:
@@ -58,11 +61,11 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> MeasureSpy:
 def test_second_call_returns_the_cached_report_without_measuring(
     ranker_path: Path, tmp_path: Path, spy: MeasureSpy
 ) -> None:
-    first = measure_exclusively(ranker_path, tiny_schema(), TARGET, cache_dir=tmp_path)
+    first = measure_exclusively(ranker_path, tiny_schema(), TARGET, cache_dir=tmp_path, busy_policy=ONCE)
     assert spy.calls == 1
     assert [row.batch_size for row in first.rows] == [1, 8] and first.at(8) > 0
 
-    second = measure_exclusively(ranker_path, tiny_schema(), TARGET, cache_dir=tmp_path)
+    second = measure_exclusively(ranker_path, tiny_schema(), TARGET, cache_dir=tmp_path, busy_policy=ONCE)
     assert spy.calls == 1
     assert second == first  # every percentile and the target come back from the JSON entry
 
@@ -71,26 +74,30 @@ def test_second_call_returns_the_cached_report_without_measuring(
     assert entry["key"] == key and entry["report"] == first.to_dict()
     assert cached_latency(tmp_path, key) == first
     assert (tmp_path / LOCK_FILE).is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{key}.json", LOCK_FILE])  # no temp files
+    assert first.load is not None and first.load.attempts == 1  # measured with the busy check
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted([f"{key}.json", LOCK_FILE, QUIET_FILE])  # no temp files
 
 
 def test_a_changed_model_or_target_misses_the_cache(
     ranker_path: Path, tmp_path: Path, spy: MeasureSpy
 ) -> None:
-    measure_exclusively(ranker_path, tiny_schema(), TARGET, cache_dir=tmp_path)
+    measure_exclusively(ranker_path, tiny_schema(), TARGET, cache_dir=tmp_path, busy_policy=ONCE)
     other_model = _export(tmp_path / "other.onnx", seed=1)
     assert onnx_sha256(other_model) != onnx_sha256(ranker_path)
-    measure_exclusively(other_model, tiny_schema(), TARGET, cache_dir=tmp_path)
+    measure_exclusively(other_model, tiny_schema(), TARGET, cache_dir=tmp_path, busy_policy=ONCE)
     assert spy.calls == 2
 
     other_target = TARGET.model_copy(update={"batch_sizes": [1, 16]})
-    report = measure_exclusively(ranker_path, tiny_schema(), other_target, cache_dir=tmp_path)
+    report = measure_exclusively(
+        ranker_path, tiny_schema(), other_target, cache_dir=tmp_path, busy_policy=ONCE
+    )
     assert spy.calls == 3 and [row.batch_size for row in report.rows] == [1, 16]
 
     # the same bytes under another name hit the cache: the key is the content, not the path
     copy = tmp_path / "copy.onnx"
     copy.write_bytes(ranker_path.read_bytes())
-    measure_exclusively(copy, tiny_schema(), TARGET, cache_dir=tmp_path)
+    measure_exclusively(copy, tiny_schema(), TARGET, cache_dir=tmp_path, busy_policy=ONCE)
     assert spy.calls == 3
 
 
@@ -118,7 +125,7 @@ def test_an_unreadable_entry_is_a_miss(ranker_path: Path, tmp_path: Path, spy: M
     key = latency_cache_key(ranker_path, tiny_schema(), TARGET)
     (tmp_path / f"{key}.json").write_text("{not json")
     assert cached_latency(tmp_path, key) is None
-    measure_exclusively(ranker_path, tiny_schema(), TARGET, cache_dir=tmp_path)
+    measure_exclusively(ranker_path, tiny_schema(), TARGET, cache_dir=tmp_path, busy_policy=ONCE)
     assert spy.calls == 1 and cached_latency(tmp_path, key) is not None
 
 
@@ -136,7 +143,7 @@ def _measure_in_child(onnx_path: str, cache_dir: str, log_path: str, batch_size:
     latency_cache.measure_latency = slow_logged
     target = TARGET.model_copy(update={"batch_sizes": [batch_size]})  # a different key per process
     barrier.wait(timeout=60)
-    measure_exclusively(onnx_path, tiny_schema(), target, cache_dir=cache_dir)
+    measure_exclusively(onnx_path, tiny_schema(), target, cache_dir=cache_dir, busy_policy=ONCE)
 
 
 def test_two_processes_never_measure_at_once(ranker_path: Path, tmp_path: Path) -> None:
@@ -158,4 +165,4 @@ def test_two_processes_never_measure_at_once(ranker_path: Path, tmp_path: Path) 
 
     first, second = sorted((json.loads(log.read_text()) for log in logs), key=lambda t: t["enter"])
     assert first["exit"] <= second["enter"], f"measurements overlapped: {first} and {second}"
-    assert len(list((tmp_path / "cache").glob("*.json"))) == 2
+    assert len([p for p in (tmp_path / "cache").glob("*.json") if p.name != QUIET_FILE]) == 2
