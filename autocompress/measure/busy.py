@@ -71,6 +71,23 @@ class BusyPolicy:
 
 
 DEFAULT_BUSY_POLICY = BusyPolicy()
+RETRIES_ENV = "AUTOCOMPRESS_BUSY_RETRIES"
+
+
+def default_busy_policy() -> BusyPolicy:
+    """``DEFAULT_BUSY_POLICY``, with ``retries`` from ``AUTOCOMPRESS_BUSY_RETRIES`` when it is set.
+
+    For a node that is always shared (a CI runner, a laptop): ``0`` flags busy figures without
+    waiting for a quiet moment that does not come.
+    """
+    import os
+
+    value = os.environ.get(RETRIES_ENV)
+    if value is None or value == "":
+        return DEFAULT_BUSY_POLICY
+    if not value.isdigit():
+        raise AutocompressError(f"{RETRIES_ENV}: must be an integer >= 0, got {value!r}")
+    return BusyPolicy(retries=int(value))
 
 
 @dataclass(frozen=True)

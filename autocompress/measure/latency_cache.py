@@ -99,7 +99,7 @@ def measure_exclusively(
     process may have measured the same model meanwhile) and the entry is written atomically.
     ``key`` may pass a ``latency_cache_key`` computed before, to hash a large model only once.
     The measurement is checked for a busy node with ``busy_policy`` (default
-    ``busy.DEFAULT_BUSY_POLICY``): the report's ``load`` says how busy, ``busy_warning`` why.
+    ``busy.default_busy_policy()``): the report's ``load`` says how busy, ``busy_warning`` why.
     """
     from autocompress.export import create_session
 
@@ -113,7 +113,7 @@ def measure_exclusively(
         if report is not None:
             return report
         session = create_session(onnx_path, target)
-        policy = busy_policy or busy.DEFAULT_BUSY_POLICY
+        policy = busy_policy or busy.default_busy_policy()
         report = _measure_checked(session, schema, target, seed, cache, policy)
         del session
     _write_atomically(

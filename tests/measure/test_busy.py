@@ -217,3 +217,17 @@ def test_the_policy_refuses_bad_values_by_name() -> None:
         BusyPolicy(retries=-1)
     with pytest.raises(AutocompressError, match=r"busy policy: max_cv must be a number > 0, or None"):
         BusyPolicy(max_cv=0.0)
+
+
+def test_the_default_policy_takes_its_retries_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from autocompress.measure.busy import DEFAULT_BUSY_POLICY, RETRIES_ENV, default_busy_policy
+
+    monkeypatch.delenv(RETRIES_ENV, raising=False)
+    assert default_busy_policy() == DEFAULT_BUSY_POLICY and DEFAULT_BUSY_POLICY.retries == 2
+    monkeypatch.setenv(RETRIES_ENV, "0")
+    assert default_busy_policy() == BusyPolicy(retries=0)
+    monkeypatch.setenv(RETRIES_ENV, "two")
+    with pytest.raises(
+        AutocompressError, match=r"AUTOCOMPRESS_BUSY_RETRIES: must be an integer >= 0, got 'two'"
+    ):
+        default_busy_policy()
