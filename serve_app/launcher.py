@@ -184,10 +184,16 @@ def _local_pid(driver_id: str | None) -> int | None:
 def _process_runs_job(pid: int, job_id: str) -> bool:
     """Whether process ``pid`` is alive and is this job's driver (its command line names the job)."""
     if Path("/proc/self/cmdline").exists():
-        try:  # a zombie's command line is empty: it counts as gone
-            return job_id in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if cmdline:
+                return job_id in cmdline.decode(errors="replace")
+            # empty: a zombie (gone), or a process still inside exec (its arguments not yet mapped;
+            # seen under load right after Popen returns), which is alive
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
             return False
+        return state not in ("Z", "X")
     try:  # no /proc: the pid exists, which is the best we can say
         os.kill(pid, 0)
     except ProcessLookupError:

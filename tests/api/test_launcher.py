@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,9 +50,13 @@ def _dead_pid() -> int:
 
 
 def test_jobs_of_gone_drivers_end_failed_or_cancelled_and_live_ones_stay(store, tmp_path) -> None:
-    driver = None
+    driver = zombie = None
     try:
         lost = _running(store, "lost", driver_id_for(_dead_pid()))
+        zombie = subprocess.Popen(["true"])  # exited, not reaped: its command line is empty, like one in exec
+        while Path(f"/proc/{zombie.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            time.sleep(0.01)
+        unreaped = _running(store, "unreaped", driver_id_for(zombie.pid))
         cancelled = _running(store, "cancelled", driver_id_for(_dead_pid()))
         store.request_cancel(cancelled, by="bob")
         elsewhere = _running(store, "elsewhere", None)  # e.g. `ray job submit`: only its heartbeat tells
@@ -65,6 +70,7 @@ def test_jobs_of_gone_drivers_end_failed_or_cancelled_and_live_ones_stay(store, 
         assert failed.status is JobStatus.FAILED
         assert failed.reason is not None and failed.reason.startswith("driver lost: driver process")
         assert failed.reason.endswith("is gone")
+        assert store.get_job(unreaped).status is JobStatus.FAILED
         assert store.get_job(cancelled).status is JobStatus.CANCELLED
         assert store.get_job(cancelled).reason == "cancelled by bob"
         assert store.get_job(elsewhere).status is JobStatus.RUNNING  # fresh heartbeat
@@ -82,6 +88,8 @@ def test_jobs_of_gone_drivers_end_failed_or_cancelled_and_live_ones_stay(store, 
         if driver is not None and driver.poll() is None:
             driver.kill()
             driver.wait()
+        if zombie is not None:
+            zombie.wait()
 
 
 def test_a_lost_driver_is_relaunched_at_most_max_relaunches_times(store, tmp_path) -> None:
