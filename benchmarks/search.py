@@ -187,6 +187,7 @@ def run(quick: bool, trials: int, searches: list[str]) -> dict[str, Any]:
         "budget": budget_record,
         "trials_per_search": trials,
         "reference_valid_auc": reference.valid_auc,
+        "reference": reference_figures(reference, dataset, rows["onnx_fp32"]["test_auc"]),
         "winner": None
         if selection.winner is None
         else {
@@ -200,6 +201,33 @@ def run(quick: bool, trials: int, searches: list[str]) -> dict[str, Any]:
         "ort_dynamic_int8": {k: rows["ort_dynamic_int8"][k] for k in COMPARED},
         "onnx_fp32": {k: rows["onnx_fp32"][k] for k in COMPARED},
         "searchers": results,
+    }
+
+
+def reference_figures(reference: Any, dataset: Any, test_auc: float) -> dict[str, Any]:
+    """The reference alone: its architecture and parameters, its AUCs, and the ceiling and floor beside them.
+
+    The oracle scores the synthetic log's hidden click logit (the best any model can do); popularity
+    scores each item by its click count in the train split (what a count does).
+    """
+    import torch
+
+    from autocompress.measure import parameter_count
+    from autocompress.measure.baselines import popularity_auc
+
+    tables = [
+        m for m in reference.model.modules() if isinstance(m, torch.nn.Embedding | torch.nn.EmbeddingBag)
+    ]
+    embeddings = sum(t.weight.numel() for t in tables)
+    params = parameter_count(reference.model)
+    return {
+        "arch": reference.model.arch.to_dict(),
+        "params": params,
+        "embedding_share": embeddings / params,
+        "valid_auc": reference.valid_auc,
+        "test_auc": test_auc,
+        "oracle_test_auc": dataset.oracle_auc,
+        "popularity_test_auc": popularity_auc(dataset, "test"),
     }
 
 
@@ -255,7 +283,7 @@ def print_tables(result: dict[str, Any]) -> None:
             f"{r['size_ratio']:.1f}x",
             f"{r['speedup_b256']:.2f}x",
             f"{r['p99_ms_b256']:.3f}",
-            "yes" if r["within_budget"] else "no: " + "; ".join(r["violations"]),
+            "yes" if r["within_budget"] else "no",
         )
     console.print(comparison)
     for name, met in result["targets"].items():
