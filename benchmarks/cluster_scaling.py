@@ -27,11 +27,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
 from autocompress.engine.trial import SharedResources
 from autocompress.engine.tuner import run_search
+from autocompress.local_ray import local_ray_env
 from autocompress.measure.quality import auc
 from autocompress.search.budget import Budget
 from autocompress.search.space import load_search_space
@@ -92,6 +90,7 @@ def run_once(nodes: int, trials: int, root: Path) -> dict[str, Any]:
 
 
 def main() -> int:
+    local_ray_env()  # Rays of our own on this machine (autocompress.local_ray)
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -120,7 +119,9 @@ def run(quick: bool, trials: int, searches: list[str]) -> dict[str, Any]:
         cache_dir=cache_dir,
         reference_size_bytes=onnx_size_bytes(reference.onnx_path),
     )
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from autocompress.local_ray import local_ray_env
+
+    local_ray_env()  # a Ray of our own on this machine (autocompress.local_ray)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     store = Store(work / "bench.db")
     results: dict[str, Any] = {}

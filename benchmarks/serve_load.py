@@ -293,7 +293,9 @@ def running_replicas() -> int:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from autocompress.local_ray import local_ray_env
+
+    local_ray_env()  # a Ray of our own on this machine (autocompress.local_ray)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from ray import serve

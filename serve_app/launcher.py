@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from autocompress.errors import AutocompressError
+from autocompress.local_ray import local_ray_env
 from autocompress.store import DB_URL_ENV, ConflictError, JobRecord, JobStatus, NotFoundError, Store
 
 logger = logging.getLogger(__name__)
@@ -157,10 +158,11 @@ class LocalRayHead:
         self.address = None
 
 
-def _driver_env(db_url: str | None = None) -> dict[str, str]:
+def _driver_env(db_url: str | None = None, *, local: bool = True) -> dict[str, str]:
+    """The environment of a head or driver: ``local`` for our own head (``autocompress.local_ray``)."""
     env = dict(os.environ)
-    env.setdefault("RAY_AUTH_MODE", "disabled")
-    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if local:
+        local_ray_env(env)
     if db_url is not None:
         env[DB_URL_ENV] = db_url
     return env
@@ -438,7 +440,7 @@ class JobLauncher:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=_driver_env(self.db_url),
+            env=_driver_env(self.db_url, local=self._ray_address is None),
             start_new_session=True,
         )
         self._drivers[job_id] = _Driver(job_id, process, log)

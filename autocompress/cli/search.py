@@ -125,8 +125,10 @@ def _search_and_print(
     import threading
 
     from autocompress.engine.job import run_job
+    from autocompress.local_ray import local_ray_env
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if address is None and not os.environ.get("RAY_ADDRESS"):  # a Ray of our own (see local_ray)
+        local_ray_env()
     import ray
 
     if not ray.is_initialized():

@@ -78,10 +78,10 @@ def serve(
             "max_replicas": max_replicas,
             "target_ongoing_requests": target_ongoing_requests,
         }
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
     from ray import serve as ray_serve
 
+    from autocompress.local_ray import local_ray_env
     from serve_app.serve import ServeSettings, ingress_urls, init_local_ray, run_locally
 
     settings = ServeSettings.from_dict(settings_args, where="serve")
@@ -91,6 +91,7 @@ def serve(
     if address is not None:
         init["address"] = address
     else:  # a new Ray of our own, never one another process started on this machine
+        local_ray_env()
         init.update(num_cpus=num_cpus, _metrics_export_port=metrics_port)
         if ray_temp_dir is not None:
             init["_temp_dir"] = str(ray_temp_dir.resolve())
