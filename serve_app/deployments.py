@@ -109,6 +109,12 @@ class ModelServer:
         batched: Any = self._batched_logits  # serve.batch adds the setters to the wrapper
         batched.set_max_batch_size(max_batch_size)
         batched.set_batch_wait_timeout_s(wait_s)
+        logger.info(
+            "batching %s (max_batch_size %d, batch_wait_timeout_s %g)",
+            "on" if self._batching else "off",
+            max_batch_size,
+            wait_s,
+        )
 
     async def logits(self, packed: PackedFeatures) -> np.ndarray:
         """Logits of one request for the multiplexed model id, batched with others when batching is on."""

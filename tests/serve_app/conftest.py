@@ -13,6 +13,7 @@ import pytest
 from autocompress.serving._runner import TOWER_CACHE
 from autocompress.store import Store
 from serve_app.launcher import free_port
+from serve_app.serve import ServeSettings
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Served:
     dlrm: str  # a trained tiny DLRM
     dlrm_int8: str  # the same model after ORT dynamic int8: other outputs
     two_tower: str
+    settings: ServeSettings | None = None  # what the application was deployed with
 
 
 @pytest.fixture(scope="package")
@@ -36,7 +38,7 @@ def served() -> Iterator[Served]:
 
     from autocompress.techniques.dynamic_int8 import Config as DynamicInt8
     from autocompress.testing import tiny_setup
-    from serve_app.serve import ServeSettings, ingress_urls, init_local_ray, run_locally
+    from serve_app.serve import ingress_urls, init_local_ray, run_locally
 
     work = Path(tempfile.mkdtemp(prefix="ac-serve-"))  # short: Ray's socket paths live under it
     root = work / "artifacts"
@@ -60,6 +62,7 @@ def served() -> Iterator[Served]:
             "ingress": {"num_cpus": 0.5},
             "model_server": {
                 "num_cpus": 0.5,
+                "max_models_per_replica": 2,  # three models: the least recently used is dropped
                 "batching": {"max_batch_size": 16, "batch_wait_timeout_s": 0.002},
             },
         }
@@ -75,7 +78,7 @@ def served() -> Iterator[Served]:
     try:
         run_locally(settings, port=port)
         (direct,) = ingress_urls()
-        yield Served(f"http://127.0.0.1:{port}", direct, store, root, work / "ray", *ids)
+        yield Served(f"http://127.0.0.1:{port}", direct, store, root, work / "ray", *ids, settings=settings)
     finally:
         serve.shutdown()
         ray.shutdown()

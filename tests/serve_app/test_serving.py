@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from pathlib import Path
 from typing import Any
 
@@ -227,3 +228,72 @@ def test_every_log_line_of_a_request_carries_its_id(served: Served) -> None:
     assert any("predict model=" in line for line in lines), lines  # the serving route's own line
     assert any("POST /v1/models/" in line for line in lines), lines  # Serve's access line
     assert any("CALL logits" in line for line in lines), lines  # the model replica's line
+
+
+def _replica_logs(served: Served, deployment: str) -> dict[str, list[str]]:
+    folder = served.ray_dir / "session_latest" / "logs" / "serve"
+    return {
+        log.name: log.read_text().splitlines() for log in sorted(folder.glob(f"replica_*{deployment}*.log"))
+    }
+
+
+def _wait_for_lines(served: Served, deployment: str, text: str, at_least: int) -> list[str]:
+    deadline = time.monotonic() + 15
+    while True:
+        lines = [
+            line for lines in _replica_logs(served, deployment).values() for line in lines if text in line
+        ]
+        if len(lines) >= at_least or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.2)
+
+
+def test_the_model_replica_holds_at_most_max_models_and_reopens_one_it_dropped(served: Served) -> None:
+    """max_models_per_replica is 2 here (conftest): a third model drops the least recently used."""
+    features, rows = _test_rows(3)
+    opened = f"opened model {served.dlrm} "
+    with _client(served) as client:
+        assert client.post(f"/v1/models/{served.dlrm}/predict", json={"rows": rows}).status_code == 200
+        before = len(_wait_for_lines(served, "ModelServer", opened, 1))
+        assert client.post(f"/v1/models/{served.dlrm}/predict", json={"rows": rows}).status_code == 200
+        assert client.post(f"/v1/models/{served.dlrm_int8}/predict", json={"rows": rows}).status_code == 200
+        items = set(tiny_setup("dlrm").dataset.schema.features_on("item"))
+        item_rows = [{k: v for k, v in r.items() if k in items} for r in rows]
+        response = client.post(f"/v1/models/{served.two_tower}/embeddings/item", json={"rows": item_rows})
+        assert response.status_code == 200, response.text
+        assert len(_wait_for_lines(served, "ModelServer", opened, before)) == before  # still held: no reopen
+        response = client.post(f"/v1/models/{served.dlrm}/predict", json={"rows": rows})
+    assert response.status_code == 200
+    assert len(_wait_for_lines(served, "ModelServer", opened, before + 1)) == before + 1  # dropped, reopened
+    np.testing.assert_allclose(
+        response.json()["logits"], _in_process(served, served.dlrm, features), atol=TOL
+    )
+
+
+def test_batching_is_switched_off_and_on_by_a_redeploy_and_answers_stay_exact(served: Served) -> None:
+    """A redeploy with another batching setting reaches the model replicas (their reconfigure says
+    so). With ``serve.run`` Serve starts new replicas for it (every imperative deploy is a new code
+    version); only a ``serve deploy`` of the same config with another user_config reconfigures the
+    running ones, which this suite does not run (it needs the dashboard's REST API)."""
+    from serve_app.serve import run_locally
+
+    assert served.settings is not None
+    features, rows = _test_rows(4, start=60)
+    for batching in (False, True):  # the package's other tests expect it on again
+        server = served.settings.model_server
+        switched = server.model_copy(
+            update={"batching": server.batching.model_copy(update={"enabled": batching})}
+        )
+        line = f"batching {'on' if batching else 'off'} (max_batch_size 16"
+        said = len(_wait_for_lines(served, "ModelServer", line, 0))
+        run_locally(
+            served.settings.model_copy(update={"model_server": switched}),
+            port=int(served.url.rsplit(":", 1)[1]),
+        )
+        assert len(_wait_for_lines(served, "ModelServer", line, said + 1)) == said + 1
+        with _client(served) as client:
+            response = client.post(f"/v1/models/{served.dlrm}/predict", json={"rows": rows})
+        assert response.status_code == 200, response.text
+        np.testing.assert_allclose(
+            response.json()["logits"], _in_process(served, served.dlrm, features), atol=TOL
+        )
