@@ -408,6 +408,32 @@ def test_a_10_s_postgresql_outage_mid_search_loses_no_trial(
         assert store.get_job(job_id).status is JobStatus.PENDING
 
 
+def test_the_api_answers_503_while_postgresql_is_away_and_200_once_it_is_back(tmp_path: Path) -> None:
+    """Over HTTP through the same proxy: a read and a write while the server is away get a 503 that
+    says so (never a 500 or a hang), and the API serves again once it is back, with nothing lost."""
+    with contextlib.ExitStack() as stack:
+        direct_url = stack.enter_context(_fresh_pg_schema())
+        proxy = stack.enter_context(PostgresProxy(make_url(direct_url)))
+        settings = Settings(db_url=proxy.url(direct_url), work_dir=tmp_path / "runs", max_running_jobs=0)
+        api = stack.enter_context(running_api(settings))
+        direct = stack.enter_context(Store(direct_url))
+        job_id = direct.create_job({"name": "before"}, name="before").id
+        assert api.http.get(f"/v1/jobs/{job_id}").status_code == 200
+
+        proxy.go_down()
+        try:
+            for response in (api.http.get(f"/v1/jobs/{job_id}"), api.http.delete(f"/v1/jobs/{job_id}")):
+                assert response.status_code == 503, response.text
+                assert response.json()["detail"].startswith("database: unavailable (")
+            assert proxy.refused >= 1  # the API really tried the server, which refused it
+        finally:
+            proxy.come_back()
+
+        response = api.http.get(f"/v1/jobs/{job_id}")
+        assert response.status_code == 200 and response.json()["name"] == "before"
+        assert direct.get_job(job_id).status is JobStatus.PENDING  # the refused delete changed nothing
+
+
 # -- an artifact folder that cannot be written -----------------------------------------------------
 
 
