@@ -4,6 +4,9 @@ A technique module may declare ``EXAMPLES`` (valid config dicts to exercise besi
 and must declare ``INVALID``: ``(config dict, message fragment)`` pairs that are refused with an
 AutocompressError whose message contains the fragment, either when the config is built or when it
 is applied to the tiny model (unknown table or layer names).
+
+``check_keeps_quality`` is the quality half: a technique's default config, applied to the converged
+tiny model with the production recipe, must keep the test AUC (``autocompress.testing.quality``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from autocompress.errors import AutocompressError
 from autocompress.techniques.base import TechniqueConfig
 from autocompress.techniques.policy import Policy, apply_policy
 from autocompress.techniques.registry import _MODULES, config_class, config_from_dict
-from autocompress.testing.fixtures import TinySetup
+from autocompress.testing.fixtures import ConvergedSetup, TinySetup
+from autocompress.testing.quality import AucComparison, Sabotage, check_keeps_auc, max_auc_drop
 
 
 def check_round_trip(name: str) -> None:
@@ -75,6 +79,20 @@ def check_refuses_bad_configs(name: str, setup: TinySetup, work_dir: Path) -> No
             assert fragment in str(exc), f"{data}: message {str(exc)!r} lacks {fragment!r}"
         else:
             raise AssertionError(f"{name}: {data} was accepted")
+
+
+def check_keeps_quality(
+    name: str, setup: ConvergedSetup, work_dir: Path, *, sabotage: Sabotage | None = None
+) -> AucComparison:
+    """The default config keeps the converged model's test AUC, within ``max_auc_drop(name)``.
+
+    The defaults are what a search starts from and what a user gets by naming the technique alone;
+    examples may skip fine-tuning on purpose, so they are not held to it. ``sabotage`` breaks the
+    compressed file first (tests of this check).
+    """
+    return check_keeps_auc(
+        setup, work_dir, config_class(name)(), max_drop=max_auc_drop(name), sabotage=sabotage
+    )
 
 
 def run_conformance(name: str, setup: TinySetup, work_dir: Path) -> None:

@@ -3,22 +3,14 @@ import torch
 from torch import nn
 
 from autocompress.errors import AutocompressError
-from autocompress.export import create_session
 from autocompress.measure import onnx_size_bytes
-from autocompress.measure.evaluation import onnx_logits
-from autocompress.measure.quality import auc
 from autocompress.models import build
 from autocompress.techniques import Policy, apply_policy
 from autocompress.techniques.mixed_dim_embedding import Config, apply, mixed_dims
-from autocompress.testing import tiny_setup
+from autocompress.testing import check_keeps_auc, converged_setup, table_zeroed, tiny_setup
 
-AUC_TOLERANCE = 0.02
 # Each narrowed table adds a MatMul and its name to the graph: a few hundred bytes at most.
 GRAPH_OVERHEAD_BYTES = 2_000
-
-
-def _test_auc(path, setup, ctx):
-    return auc(setup.dataset.test.labels, onnx_logits(create_session(path, ctx.target), setup.dataset.test))
 
 
 def _saved_params(schema, embedding_dim, config):
@@ -42,10 +34,10 @@ def test_mixed_dims_shrink_with_vocabulary_and_stay_in_bounds():
     assert mixed_dims({"a": 10, "b": 1000}, 16, Config(alpha=0.0, base_dim_ratio=0.5)) == {"a": 8, "b": 8}
 
 
-def test_narrows_big_tables_by_the_expected_bytes_and_keeps_auc(tmp_path):
+def test_narrows_big_tables_by_the_expected_bytes(tmp_path):
     setup = tiny_setup("dlrm")
     ctx = setup.context(tmp_path)
-    config = Config(finetune_epochs=1)
+    config = Config(finetune_epochs=0)
     baseline = apply_policy(setup.model(), Policy(()), ctx)
     result = apply_policy(setup.model(), Policy((config,)), ctx)
 
@@ -57,13 +49,26 @@ def test_narrows_big_tables_by_the_expected_bytes_and_keeps_auc(tmp_path):
     assert 4 * saved - GRAPH_OVERHEAD_BYTES < bytes_saved <= 4 * saved
     assert onnx_size_bytes(result.onnx_path) < 0.45 * onnx_size_bytes(baseline.onnx_path)
 
-    before, after = _test_auc(baseline.onnx_path, setup, ctx), _test_auc(result.onnx_path, setup, ctx)
-    assert after >= before - AUC_TOLERANCE, (before, after)
-
     # The arch follows the narrowed tables, so the family rebuilds the compressed model exactly.
     assert result.model.arch.embedding_dims == narrowed
     rebuilt = build("dlrm", setup.dataset.schema, result.model.arch.to_dict())
     rebuilt.load_state_dict(result.model.state_dict())
+
+
+@pytest.mark.slow
+def test_narrowed_model_keeps_the_auc_of_the_converged_model(tmp_path):
+    # the default widths (user_id 5, item_id 4) and one epoch of the production fine-tuning; measured:
+    # -0.0015 +- 0.0013 against the baseline given the same fine-tuning (limit -0.01)
+    check_keeps_auc(converged_setup("dlrm"), tmp_path, Config(finetune_epochs=1))
+
+
+@pytest.mark.slow
+def test_the_auc_check_fails_on_a_narrowing_that_zeroes_a_table(tmp_path):
+    setup = converged_setup("dlrm")
+    with pytest.raises(AssertionError, match=r"loses more than 0\.01 AUC"):
+        check_keeps_auc(
+            setup, tmp_path, Config(finetune_epochs=1), sabotage=table_zeroed(setup, "item_category")
+        )
 
 
 def test_svd_start_is_closer_to_the_trained_model_than_random(tmp_path):

@@ -5,21 +5,13 @@ import pytest
 import torch
 
 from autocompress.errors import AutocompressError
-from autocompress.export import create_session
 from autocompress.measure import onnx_size_bytes
-from autocompress.measure.evaluation import onnx_logits
-from autocompress.measure.quality import auc
 from autocompress.techniques import Policy, apply_policy
 from autocompress.techniques.qr_embedding import Config, QREmbedding, apply, qr_shapes
-from autocompress.testing import tiny_setup
+from autocompress.testing import check_keeps_auc, converged_setup, table_zeroed, tiny_setup
 
-AUC_TOLERANCE = 0.02
 # Each split lookup adds a Div, Sub, Mul, two Gathers and a padding mask to the graph.
 GRAPH_OVERHEAD_BYTES = 8_000
-
-
-def _test_auc(path, setup, ctx):
-    return auc(setup.dataset.test.labels, onnx_logits(create_session(path, ctx.target), setup.dataset.test))
 
 
 def _saved_params(schema, dim, config):
@@ -40,10 +32,10 @@ def test_qr_shapes():
     assert qr_shapes(3002, 5, 16, "concat") == ((188, 3), (16, 2))
 
 
-def test_splits_big_tables_by_the_expected_bytes_and_keeps_auc(tmp_path):
+def test_splits_big_tables_by_the_expected_bytes(tmp_path):
     setup = tiny_setup("dlrm")
     ctx = setup.context(tmp_path)
-    config = Config(finetune_epochs=1)
+    config = Config(finetune_epochs=0)
     baseline = apply_policy(setup.model(), Policy(()), ctx)
     result = apply_policy(setup.model(), Policy((config,)), ctx)
 
@@ -55,12 +47,25 @@ def test_splits_big_tables_by_the_expected_bytes_and_keeps_auc(tmp_path):
     bytes_saved = onnx_size_bytes(baseline.onnx_path) - onnx_size_bytes(result.onnx_path)
     assert 4 * saved - GRAPH_OVERHEAD_BYTES < bytes_saved <= 4 * saved
     assert sum(isinstance(t, QREmbedding) for t in result.model.embeddings.tables) == 2
-
-    before, after = _test_auc(baseline.onnx_path, setup, ctx), _test_auc(result.onnx_path, setup, ctx)
-    assert after >= before - AUC_TOLERANCE, (before, after)
     # the exported graph divides the int64 ids
     graph = onnx.load(str(result.onnx_path)).graph
     assert sum(node.op_type == "Div" for node in graph.node) >= 3  # user_id, item_id, hist_item_ids
+
+
+@pytest.mark.slow
+def test_split_model_keeps_the_auc_of_the_converged_model(tmp_path):
+    # the default split (4 collisions, mult) and one epoch of the production fine-tuning; measured:
+    # -0.0015 +- 0.0017 against the baseline given the same fine-tuning (limit -0.01)
+    check_keeps_auc(converged_setup("dlrm"), tmp_path, Config(finetune_epochs=1))
+
+
+@pytest.mark.slow
+def test_the_auc_check_fails_on_a_split_that_zeroes_a_table(tmp_path):
+    setup = converged_setup("dlrm")
+    with pytest.raises(AssertionError, match=r"loses more than 0\.01 AUC"):
+        check_keeps_auc(
+            setup, tmp_path, Config(finetune_epochs=1), sabotage=table_zeroed(setup, "item_category")
+        )
 
 
 @pytest.mark.parametrize("combine", ["mult", "add", "concat"])

@@ -8,11 +8,10 @@ from autocompress.errors import AutocompressError
 from autocompress.export import create_session
 from autocompress.measure import onnx_size_bytes, parameter_count
 from autocompress.measure.evaluation import onnx_logits
-from autocompress.measure.quality import auc
 from autocompress.models import build
 from autocompress.techniques import Policy, apply_policy
 from autocompress.techniques.structured_pruning import Config, dependency_graph, prunable_layers
-from autocompress.testing import tiny_setup
+from autocompress.testing import check_keeps_auc, converged_setup, table_zeroed, tiny_setup
 from autocompress.train import predict, to_tensors
 
 
@@ -56,19 +55,23 @@ def test_per_layer_pruning_halves_every_hidden_layer_and_exports(tmp_path):
     np.testing.assert_allclose(onnx_logits(session, test), predict(model, test), atol=1e-4)
 
 
-def test_finetuned_pruned_model_keeps_test_auc(tmp_path):
-    setup = tiny_setup("dlrm")
-    test = setup.dataset.test
-    unpruned = auc(test.labels, predict(setup.model(), test))
-    same_training = setup.model()
-    setup.context(tmp_path / "ft").finetune(same_training, 1)
-    unpruned_finetuned = auc(test.labels, predict(same_training, test))
-    result = prune(setup, tmp_path / "pruned", sparse_ratio=0.5, finetune_epochs=1)
-    session = create_session(result.onnx_path, setup.context(tmp_path).target)
-    pruned = auc(test.labels, onnx_logits(session, test))
-    # measured: 0.756 unpruned, 0.801 unpruned + 1 epoch, 0.787 pruned + 1 epoch
-    assert pruned >= unpruned - 0.02
-    assert pruned >= unpruned_finetuned - 0.02
+@pytest.mark.slow
+def test_finetuned_pruned_model_keeps_the_auc_of_the_converged_model(tmp_path):
+    # half of every hidden layer, one epoch of the production fine-tuning; measured: -0.0007 +- 0.0005
+    # against the baseline given the same fine-tuning (limit -0.01)
+    check_keeps_auc(converged_setup("dlrm"), tmp_path, Config(sparse_ratio=0.5, finetune_epochs=1))
+
+
+@pytest.mark.slow
+def test_the_auc_check_fails_on_a_pruning_that_zeroes_a_table(tmp_path):
+    setup = converged_setup("dlrm")
+    with pytest.raises(AssertionError, match=r"loses more than 0\.01 AUC"):
+        check_keeps_auc(
+            setup,
+            tmp_path,
+            Config(sparse_ratio=0.5, finetune_epochs=1),
+            sabotage=table_zeroed(setup, "item_category"),
+        )
 
 
 def test_taylor_and_l1_remove_different_units(tmp_path):
