@@ -1,6 +1,7 @@
-"""The README's remote command, run as written against a real Ray head (dashboard and Jobs API on
-127.0.0.1): ``ray job submit -- autocompress search --spec job.yaml`` runs a whole job on the cluster,
-recorded in the database the command names. (``autocompress search --address`` from outside the
+"""The README's remote command, run as written against a real Ray head with token auth on, as the
+cluster files start it (dashboard and Jobs API on 127.0.0.1): ``ray job submit -- autocompress
+search --spec job.yaml`` runs a whole job on the cluster, recorded in the database the command
+names; a request without the token is refused. (``autocompress search --address`` from outside the
 cluster: tests/engine/test_faults.py and the API launcher's tests.) The head is started with
 ``ray start --head --block`` and stopped through its own process, never with ``ray stop``, which
 would stop every Ray on the machine.
@@ -9,6 +10,7 @@ would stop every Ray on the machine.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -29,11 +31,15 @@ BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
 
 
+TOKEN = secrets.token_hex(32)  # the cluster files turn token auth on: so does this head
+
+
 def _env() -> dict[str, str]:
     return {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # `autocompress` for the job's driver
-        "RAY_AUTH_MODE": "disabled",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": TOKEN,
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keep every address on 127.0.0.1
     }
@@ -47,9 +53,10 @@ def ray_head_with_jobs(tmp_path: Path) -> Iterator[tuple[str, str]]:
 
     def jobs_api_answers() -> bool:
         try:
-            return httpx.get(f"{url}/api/jobs/", timeout=2).status_code == 200
+            answer = httpx.get(f"{url}/api/jobs/", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=2)
         except httpx.HTTPError:
             return False
+        return answer.status_code == 200
 
     args = [
         f"--port={port}",
@@ -77,6 +84,9 @@ def test_ray_job_submit_runs_a_search_job_on_the_cluster(
     tmp_path: Path, ray_head_with_jobs: tuple[str, str]
 ) -> None:
     _, jobs_url = ray_head_with_jobs
+    assert httpx.get(f"{jobs_url}/api/jobs/", timeout=10).status_code == 401  # no token: refused
+    wrong = {"Authorization": f"Bearer {secrets.token_hex(32)}"}
+    assert httpx.get(f"{jobs_url}/api/jobs/", headers=wrong, timeout=10).status_code == 403
     db = tmp_path / "jobs.db"
     command = [
         str(BIN / "ray"),
