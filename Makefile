@@ -7,10 +7,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LOCK := requirements.txt
 LOCK_VENV := .lock-venv
+NNI_VENV := .venv-nni
+NNI_STAMP := $(NNI_VENV)/.installed
+NNI_LOCK := requirements-nni.txt
+NNI_TESTS := tests/techniques/test_nni_pruning.py tests/techniques/test_conformance.py -k nni
+SITE := lib/python3.11/site-packages
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install run test lint bench fuzz lock clean
+.PHONY: install run test test-nni lint bench fuzz lock lock-nni clean
 
 # --no-deps: the lock is the whole environment; `pip check` (and tests/test_lock.py) prove it whole
 $(STAMP): $(LOCK) pyproject.toml
@@ -22,6 +27,15 @@ $(STAMP): $(LOCK) pyproject.toml
 
 install: $(STAMP)
 
+# NNI pins packages (filelock<3.12, typeguard<4.2) that the main environment must not take: it gets
+# an environment of its own that sees .venv's packages through a .pth file and adds the nni extra.
+$(NNI_STAMP): $(NNI_LOCK) $(STAMP)
+	rm -rf $(NNI_VENV)
+	$(PYTHON) -m venv $(NNI_VENV)
+	echo "$(abspath $(VENV))/$(SITE)" > $(NNI_VENV)/$(SITE)/autocompress-venv.pth
+	$(NNI_VENV)/bin/python -m pip install --quiet --no-deps -r $(NNI_LOCK)
+	touch $(NNI_STAMP)
+
 run: $(STAMP)
 	$(VENV)/bin/autocompress run
 
@@ -30,8 +44,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check autocompress serve_app tests benchmarks
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint test-nni
 	$(PY) -m pytest -q --durations=15 tests
+
+# the nni_pruning technique and its conformance, which skip in .venv (no nni there)
+test-nni: $(NNI_STAMP)
+	$(NNI_VENV)/bin/python -m pytest -q -p no:cacheprovider $(NNI_TESTS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
@@ -54,5 +72,16 @@ lock:
 	mv $(LOCK).tmp $(LOCK)
 	rm -rf $(LOCK_VENV)
 
+# Resolve the nni extra afresh over .venv and freeze what it added.
+lock-nni: $(STAMP)
+	rm -rf $(NNI_VENV)
+	$(PYTHON) -m venv $(NNI_VENV)
+	echo "$(abspath $(VENV))/$(SITE)" > $(NNI_VENV)/$(SITE)/autocompress-venv.pth
+	$(NNI_VENV)/bin/python -m pip install --quiet "nni>=3.0"
+	{ echo "# The NNI environment's own packages (the nni extra), over .venv's: written by \`make lock-nni\`; do not edit."; \
+	  echo "# .venv-nni sees .venv's packages through a .pth file and installs these with --no-deps (make test-nni)."; \
+	  $(NNI_VENV)/bin/python -m pip freeze --path $(NNI_VENV)/$(SITE); } > $(NNI_LOCK)
+	rm -rf $(NNI_VENV)
+
 clean:
-	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(NNI_VENV) $(LOCK_VENV) .pytest_cache .mypy_cache .ruff_cache
