@@ -29,8 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 from autocompress.data.schema import FeatureSchema
 from autocompress.errors import AutocompressError
-from autocompress.measure import busy
-from autocompress.measure.busy import BusyPolicy, NodeLoad, assess_load, calibration_probe_ms
+from autocompress.measure.busy import (
+    BusyPolicy,
+    NodeLoad,
+    assess_load,
+    calibration_probe_ms,
+    default_busy_policy,
+    probe_node_key,
+)
 from autocompress.measure.latency import LatencyReport, LatencyRow, measure_latency
 from autocompress.spec import Target
 
@@ -113,7 +119,7 @@ def measure_exclusively(
         if report is not None:
             return report
         session = create_session(onnx_path, target)
-        policy = busy_policy or busy.default_busy_policy()
+        policy = busy_policy or default_busy_policy()
         report = _measure_checked(session, schema, target, seed, cache, policy)
         del session
     _write_atomically(
@@ -124,7 +130,7 @@ def measure_exclusively(
 
 def quiet_probe_ms(cache_dir: str | Path) -> float | None:
     """This node's quiet figure (the fastest calibration probe seen so far) kept in ``cache_dir``, or None."""
-    figure = _quiet_figures(Path(cache_dir) / QUIET_FILE).get(busy.probe_node_key())
+    figure = _quiet_figures(Path(cache_dir) / QUIET_FILE).get(probe_node_key())
     return float(figure) if isinstance(figure, int | float) else None
 
 
@@ -137,7 +143,7 @@ def record_probe(cache_dir: str | Path, *probes_ms: float) -> float:
     """
     path = Path(cache_dir) / QUIET_FILE
     figures = _quiet_figures(path)
-    node = busy.probe_node_key()
+    node = probe_node_key()
     known = figures.get(node)
     lowest = min(probes_ms) if not isinstance(known, int | float) else min(float(known), *probes_ms)
     if lowest != known:

@@ -806,6 +806,14 @@ class Store:
 
         return self._transaction(work, write=False)
 
+    def list_aliases(self) -> list[str]:
+        """Every alias ever deployed, in name order."""
+
+        def work(session: Session) -> list[str]:
+            return sorted(session.scalars(select(Deployment.alias).distinct()))
+
+        return self._transaction(work, write=False)
+
     def deployment_history(self, alias: str) -> list[DeploymentRecord]:
         """Every deployment of the alias, oldest first."""
 

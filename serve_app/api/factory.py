@@ -74,6 +74,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router, responses=error_responses(*COMMON_ERRORS))
     app.include_router(serving_router, responses=error_responses(*COMMON_ERRORS, 400, 404, 409))
+    from serve_app.api.dashboard import mount_dashboard  # pages at /dashboard; imports this package's modules
+
+    mount_dashboard(app, settings)
     return app
 
 

@@ -399,6 +399,8 @@ def test_deploy_and_rollback_switch_the_active_model(store: Store) -> None:
     assert [d.active for d in history] == [False, False, False, True]
     assert [d.model_id for d in history if d.active] == [models[2].id]
     assert history[2].rolled_back_at is not None and history[0].replaced_at is not None
+    store.deploy("a-ranker", models[0].id)
+    assert store.list_aliases() == ["a-ranker", "ranker"]  # each alias once, by name
     with pytest.raises(NotFoundError, match="model_id"):
         store.deploy("ranker", "missing")
     with pytest.raises(AutocompressError, match="alias"):
