@@ -45,8 +45,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check autocompress serve_app tests benchmarks
 	$(VENV)/bin/mypy
 
+# two workers, file by file (a file's Ray or Serve fixture is set up once); tests/conftest.py hands
+# out the longest files first
 test: lint test-nni browser
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 # the nni_pruning technique and its conformance, which skip in .venv (no nni there)
 test-nni: $(NNI_STAMP)
