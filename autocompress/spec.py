@@ -156,6 +156,25 @@ def storage_uri_scheme(location: str) -> str | None:
     return match.group(1) if match else None
 
 
+class LatencyModelSettings(SpecModel):
+    """The latency model of the target (``autocompress.engine.latency_model``) and when it skips a candidate.
+
+    With ``enabled``, the search first fits a model of the target's latency at the budget's batch
+    size on ``calibration_candidates`` candidates sampled from the space, built untrained and
+    measured on the target (a few seconds each; cached in ``cache_dir``, default the job's latency
+    cache, so a shared folder fits it once per node). Each trial is then predicted before it is
+    built: one predicted over the latency budget by more than ``skip_margin`` (0.25: over 1.25x
+    the budget) ends SKIPPED with its prediction, untrained. Off by default: the default job's
+    ``realtime`` preset is already near its budget (none of 300 of its candidates is predicted
+    over 1.25x it), so calibrating (~30 s quiet, ~90 s on a busy 2-core node) would save nothing.
+    """
+
+    enabled: bool = False
+    skip_margin: float = Field(default=0.25, ge=0)
+    calibration_candidates: int = Field(default=40, ge=8, le=1000)
+    cache_dir: str | None = Field(default=None, min_length=1)
+
+
 class SearchSettings(SpecModel):
     """How a job searches: the searcher by name, the trial budget, resources per trial, retries, storage.
 
@@ -165,7 +184,8 @@ class SearchSettings(SpecModel):
     keeps its run (default: under the job's work folder): a local folder, or a URI pyarrow.fs
     opens such as ``s3://bucket/prefix`` (for MinIO or another S3-compatible server:
     ``s3://bucket/prefix?endpoint_override=host:9000&scheme=http``), credentials coming from the
-    environment; ``max_failures`` retries a crashed trial that many times.
+    environment; ``max_failures`` retries a crashed trial that many times; ``latency_model``
+    skips candidates predicted far over the latency budget (``LatencyModelSettings``).
     """
 
     searcher: Searcher = "tpe"
@@ -178,6 +198,7 @@ class SearchSettings(SpecModel):
     storage_path: str | None = Field(default=None, min_length=1)
     seed: int = 0
     metric: Literal["valid_auc"] = "valid_auc"
+    latency_model: LatencyModelSettings = Field(default_factory=LatencyModelSettings)
 
     @field_validator("storage_path")
     @classmethod

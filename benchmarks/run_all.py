@@ -6,7 +6,14 @@ import runpy
 import sys
 from pathlib import Path
 
-BENCHMARKS = ["export_latency.py", "techniques.py", "search.py", "serve_load.py", "cluster_scaling.py"]
+BENCHMARKS = [
+    "export_latency.py",
+    "techniques.py",
+    "search.py",
+    "latency_model.py",
+    "serve_load.py",
+    "cluster_scaling.py",
+]
 
 
 def main() -> int:

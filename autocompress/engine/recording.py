@@ -1,7 +1,7 @@
 """The Tune callback that writes every trial into the store as it happens.
 
 RUNNING when a trial starts (with its decoded arch + policy), its metrics on every result,
-COMPLETED / STOPPED / FAILED (with the error text) when it ends. Rows are keyed by
+COMPLETED / STOPPED / SKIPPED / FAILED (with the error text) when it ends. Rows are keyed by
 ``(job_id, Tune trial id)`` and ``Store.record_trial`` upserts, so a run resumed with
 ``Tuner.restore`` never records a trial twice. A failed store write is logged, never raised: the
 search goes on and the next write of the trial brings its row up to date.
@@ -53,14 +53,28 @@ TUNE_RESULT_KEYS = frozenset(
 )
 
 
+# What a skipped trial reports to a multi-objective searcher in place of figures it never measured
+# (``tuner.searcher_stand_ins``); the store keeps its prediction instead.
+SKIPPED_STAND_INS = frozenset({"valid_auc", "latency_ms", "size_mb"})
+
+
 def trial_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
-    """A Tune result without Tune's bookkeeping keys: what the store keeps as a trial's metrics."""
-    return {k: v for k, v in result.items() if k not in TUNE_RESULT_KEYS}
+    """A Tune result without Tune's bookkeeping keys: what the store keeps as a trial's metrics.
+
+    A skipped trial's stand-ins for the searcher (``SKIPPED_STAND_INS``) are left out too: it was
+    never trained nor measured.
+    """
+    dropped = TUNE_RESULT_KEYS | (SKIPPED_STAND_INS if result.get("stage") == "skipped" else frozenset())
+    return {k: v for k, v in result.items() if k not in dropped}
 
 
 def finished_status(result: Mapping[str, Any]) -> TrialStatus:
-    """COMPLETED when the trial's final report arrived, STOPPED when it ended before (ASHA, a cancel)."""
-    return TrialStatus.COMPLETED if result.get("stage") == "final" else TrialStatus.STOPPED
+    """COMPLETED when the trial's final report arrived, SKIPPED when the latency model skipped it,
+    STOPPED when it ended before either (ASHA, a cancel)."""
+    stage = result.get("stage")
+    if stage == "final":
+        return TrialStatus.COMPLETED
+    return TrialStatus.SKIPPED if stage == "skipped" else TrialStatus.STOPPED
 
 
 def trial_config(
@@ -108,7 +122,7 @@ class TrialRecorder(Callback):
     Life cycle (Tune's hooks, called on the driver): ``on_trial_start`` -> RUNNING with the
     config; ``on_trial_result`` -> RUNNING with the latest metrics; ``on_trial_recover`` ->
     PENDING with the error (the retry's start counts a new attempt); ``on_trial_complete`` ->
-    COMPLETED or STOPPED; ``on_trial_error`` -> FAILED with the error text.
+    COMPLETED, SKIPPED or STOPPED; ``on_trial_error`` -> FAILED with the error text.
     """
 
     def __init__(
@@ -154,7 +168,12 @@ class TrialRecorder(Callback):
         result = trial.last_result
         status = finished_status(result)
         self._record(trial, status, metrics=trial_metrics(result))
-        self._event(f"trial {trial.trial_id} {status.value.lower()}")
+        why = (
+            f": {result['skip_reason']}"
+            if status is TrialStatus.SKIPPED and result.get("skip_reason")
+            else ""
+        )
+        self._event(f"trial {trial.trial_id} {status.value.lower()}{why}")
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         error = trial_error_text(trial)

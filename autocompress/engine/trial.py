@@ -32,7 +32,17 @@ The final report (``stage="final"``, once, after a trial that was not stopped):
 - budget: ``feasible``, ``violations`` (readable strings), ``distance_to_feasible``;
 - ``onnx_path``, ``techniques`` (the applied steps in order), and wall seconds per stage:
   ``seconds_train``, ``seconds_compress``, ``seconds_evaluate``, ``seconds_latency``,
-  ``seconds_size``, ``seconds_total``.
+  ``seconds_size``, ``seconds_total``;
+- with a latency model (``SharedResources.latency_model``), its prediction made before the
+  candidate was built: ``predicted_latency_ms`` (the budget's batch size and percentile),
+  ``predicted_p50_ms_b{B}``, ``predicted_p95_ms_b{B}``, ``predicted_p99_ms_b{B}`` and
+  ``predicted_latency_exact`` (False where training may still change the structure).
+
+The skipped report (``stage="skipped"``, once, instead of everything above): a candidate the
+latency model predicts over the latency budget by more than ``shared.skip_margin`` is never
+built or trained. It carries ``trial_id``, ``node_id``, ``status="skipped"``, the prediction
+(as above), ``predicted_distance_to_feasible`` (the predicted relative overrun), ``skip_reason``
+and ``seconds_total``. Only an exact prediction skips.
 """
 
 from __future__ import annotations
@@ -56,11 +66,12 @@ from autocompress.train.config import DistillConfig, TrainConfig
 if TYPE_CHECKING:
     from torch import nn
 
+    from autocompress.engine.latency_model import LatencyModel, LatencyPrediction
     from autocompress.train import EpochReport
 
 TRIAL_SPEC_VERSION = 1
 IN_TRIAL_BUSY = BusyPolicy(retries=0)  # flagged, not waited for: the job measures again once trials end
-TrialStatus = Literal["completed", "stopped"]
+TrialStatus = Literal["completed", "stopped", "skipped"]
 Report = Callable[[dict[str, Any]], bool | None]
 
 _TRIAL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -158,7 +169,9 @@ class SharedResources:
     ``reference_valid_auc`` is the reference's validation AUC (``delta_auc`` is measured against
     it); ``reference_size_bytes`` its ONNX size, when known, for ``size_ratio``. Trials write into
     ``work_dir/<trial_id>``; latency results are cached (and measurements serialised) in
-    ``cache_dir``.
+    ``cache_dir``. With ``latency_model`` (fitted for this target, at the budget's batch size),
+    every trial is predicted before it is built, and one predicted over the latency budget by more
+    than ``skip_margin`` is skipped.
     """
 
     dataset: Dataset
@@ -169,6 +182,8 @@ class SharedResources:
     work_dir: Path
     cache_dir: Path
     reference_size_bytes: int | None = None
+    latency_model: LatencyModel | None = None
+    skip_margin: float = 0.25
 
     def __post_init__(self) -> None:
         self.work_dir = Path(self.work_dir)
@@ -177,9 +192,11 @@ class SharedResources:
 
 @dataclass
 class TrialResult:
-    """Outcome of one trial: ``completed`` with every final metric, or ``stopped`` early by its report.
+    """Outcome of one trial: ``completed`` with every final metric, ``stopped`` early by its report, or
+    ``skipped`` on the latency model's prediction.
 
-    A stopped trial has only the training history and the last epoch's metrics, and no ONNX file.
+    A stopped trial has only the training history and the last epoch's metrics, and no ONNX file;
+    a skipped one only its prediction.
     """
 
     trial_id: str
@@ -187,6 +204,34 @@ class TrialResult:
     metrics: dict[str, Any]
     history: list[EpochReport] = field(default_factory=list)
     onnx_path: Path | None = None
+
+
+def predict_latency(spec: TrialSpec, shared: SharedResources) -> LatencyPrediction | None:
+    """The latency model's prediction for the candidate; None without a model, or one it cannot describe."""
+    model = shared.latency_model
+    if model is None or model.family != spec.family or model.batch_size != shared.budget.batch_size:
+        return None
+    try:
+        return model.predict(spec.arch, spec.policy)
+    except AutocompressError:  # a technique the model does not describe: built and measured as usual
+        return None
+
+
+def skip_reason(prediction: LatencyPrediction, budget: Budget, margin: float) -> str | None:
+    """Why a candidate is skipped (predicted over the latency budget by more than ``margin``), else None.
+
+    Only an exact prediction skips: one whose structure training may still change is built.
+    """
+    if budget.latency_ms is None or not prediction.exact:
+        return None
+    predicted = prediction.at(budget.percentile)
+    limit = budget.latency_ms * (1.0 + margin)
+    if predicted <= limit:
+        return None
+    return (
+        f"predicted p{budget.percentile} at batch {budget.batch_size} {predicted:.3g} ms > "
+        f"{limit:.3g} ms (the budget's {budget.latency_ms:.3g} ms + {margin:.0%})"
+    )
 
 
 def measured_target(target: Target, budget: Budget) -> Target:
@@ -199,11 +244,13 @@ def measured_target(target: Target, budget: Budget) -> Target:
 def run_trial(spec: TrialSpec, shared: SharedResources, report: Report | None = None) -> TrialResult:
     """Run one candidate through the whole pipeline and return (and report) its final metrics.
 
-    build(arch) -> train on labels, or distil from ``shared.teacher`` -> ``apply_policy`` (torch-level
+    (with a latency model: predict its latency, and skip it when far over the budget) -> build(arch)
+    -> train on labels, or distil from ``shared.teacher`` -> ``apply_policy`` (torch-level
     techniques, fine-tune, export, ONNX-level techniques) -> quality on the valid split from ONNX
     Runtime -> latency via ``measure_on_target`` -> size -> ``shared.budget.check``. ``report`` gets
-    one dict per epoch and one final dict (see the module docstring); returning True from it, or
-    raising ``TrialStopped``, ends the trial with status ``stopped``. Other errors propagate.
+    one dict per epoch and one final dict, or the one skipped dict (see the module docstring);
+    returning True from it, or raising ``TrialStopped``, ends the trial with status ``stopped``.
+    Other errors propagate.
     """
 
     from autocompress.export import create_session
@@ -225,6 +272,28 @@ def run_trial(spec: TrialSpec, shared: SharedResources, report: Report | None = 
     node_id = current_node_id()
     metrics: dict[str, Any] = {"trial_id": spec.trial_id, "node_id": node_id}
     stopped = False
+
+    prediction = predict_latency(spec, shared)
+    if prediction is not None:
+        metrics.update(prediction.metrics())
+        metrics["predicted_latency_ms"] = prediction.at(shared.budget.percentile)
+        reason = skip_reason(prediction, shared.budget, shared.skip_margin)
+        if reason is not None and shared.budget.latency_ms is not None:
+            metrics.update(
+                {
+                    "stage": "skipped",
+                    "status": "skipped",
+                    "predicted_distance_to_feasible": (
+                        metrics["predicted_latency_ms"] / shared.budget.latency_ms - 1.0
+                    ),
+                    "skip_reason": reason,
+                    "seconds_total": time.perf_counter() - started,
+                }
+            )
+            if report is not None:
+                with contextlib.suppress(TrialStopped):
+                    report(dict(metrics))
+            return TrialResult(spec.trial_id, "skipped", metrics)
 
     def on_epoch(epoch: EpochReport) -> bool:
         nonlocal stopped

@@ -13,14 +13,21 @@ below). Single-objective searchers (``tpe``, ``evolution``; ASHA too) work on ``
 valid AUC of a candidate that meets the budget, and ``valid_auc - distance_to_feasible`` of one
 that does not (per-epoch reports carry the plain valid AUC, since nothing is measured yet). ``nsga2``
 optimises ``valid_auc`` (max), ``latency_ms`` and ``size_mb`` (min) and sees the final report only.
+
+With ``search.latency_model.enabled`` the search first fits the target's latency model
+(``autocompress.engine.latency_model``; measured once, cached) and every trial skips a candidate
+predicted far over the latency budget (``run_trial``). A skipped trial scores as a chance-level
+model past its predicted overrun, ``SKIPPED_AUC - predicted_distance_to_feasible`` (for ``nsga2``:
+AUC ``SKIPPED_AUC``, its predicted latency, the reference's size), so searchers learn to leave
+its region; the store records it SKIPPED with its prediction, neither failed nor a candidate.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
-import os
-import signal
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +51,7 @@ OBJECTIVE = "objective"
 JOB_FILE = "autocompress_job.json"  # in the Tune run's folder: the job the run records into
 MULTI_OBJECTIVE_METRICS = ("valid_auc", "latency_ms", "size_mb")
 MULTI_OBJECTIVE_MODES = ("max", "min", "min")
+SKIPPED_AUC = 0.5  # a skipped candidate scores as a model that ranks at chance
 
 
 @dataclass(frozen=True)
@@ -70,7 +78,12 @@ class SearchOutcome:
 
 
 def objective(metrics: Mapping[str, Any]) -> float:
-    """The single-objective score: valid AUC, less the distance to the budget when it is missed."""
+    """The single-objective score: valid AUC, less the distance to the budget when it is missed.
+
+    A candidate skipped on its latency prediction scores ``SKIPPED_AUC`` less its predicted overrun.
+    """
+    if metrics.get("stage") == "skipped":
+        return SKIPPED_AUC - float(metrics.get("predicted_distance_to_feasible", 0.0))
     value = float(metrics["valid_auc"])
     distance = metrics.get("distance_to_feasible")
     if metrics.get("stage") == "final" and not metrics.get("feasible", True) and distance is not None:
@@ -173,21 +186,6 @@ def make_scheduler(settings: SearchSettings, train_config: TrainConfig) -> Any:
 
 # -- the trainable --------------------------------------------------------------------------------
 
-KILL_ONCE_ENV = "AUTOCOMPRESS_TEST_KILL_ONCE"
-
-
-def _kill_once_for_tests() -> None:
-    # Test hook (fault tests): with AUTOCOMPRESS_TEST_KILL_ONCE=<marker path> in the workers'
-    # environment, the first trial process to claim the marker file SIGKILLs itself, once.
-    marker = os.environ.get(KILL_ONCE_ENV)
-    if not marker:
-        return
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return
-    os.kill(os.getpid(), signal.SIGKILL)
-
 
 def search_trainable(
     config: dict[str, Any],
@@ -204,7 +202,6 @@ def search_trainable(
     from autocompress.engine.trial import TrialSpec, run_trial
     from autocompress.search.space import decode
 
-    _kill_once_for_tests()
     arch, policy = decode(space, config)
     spec = TrialSpec(
         trial_id=tune.get_context().get_trial_id(),
@@ -218,9 +215,70 @@ def search_trainable(
     def forward(metrics: dict[str, Any]) -> None:
         if metrics.get("stage") == "train" and not report_epochs:
             return
-        tune.report({**metrics, OBJECTIVE: objective(metrics)})
+        tune.report({**metrics, **searcher_stand_ins(metrics, shared), OBJECTIVE: objective(metrics)})
 
     run_trial(spec, shared, forward)
+
+
+def searcher_stand_ins(metrics: Mapping[str, Any], shared: SharedResources) -> dict[str, Any]:
+    """What a multi-objective searcher sees of a skipped trial in place of the figures it never measured.
+
+    Chance-level AUC, the predicted latency and the reference's size (unknown: no smaller). Empty
+    for every other report; the store leaves them out (``recording.SKIPPED_STAND_INS``).
+    """
+    if metrics.get("stage") != "skipped":
+        return {}
+    size = shared.reference_size_bytes / 1e6 if shared.reference_size_bytes else float("inf")
+    return {"valid_auc": SKIPPED_AUC, "latency_ms": metrics["predicted_latency_ms"], "size_mb": size}
+
+
+def attach_latency_model(
+    space: SearchSpace, settings: SearchSettings, shared: SharedResources, store: Store, job_id: str
+) -> SharedResources:
+    """``shared`` with the target's latency model when ``settings.latency_model`` asks for one.
+
+    Fitted on the target (or loaded from ``latency_model.cache_dir``, default the job's latency
+    cache) before any trial starts; nothing is fitted when the budget bounds no latency. Every
+    step is an event of the job.
+    """
+    from autocompress.engine.latency_model import calibrate
+
+    options = settings.latency_model
+    budget = shared.budget
+    if not options.enabled:
+        return shared
+    if budget.latency_ms is None:
+        store.add_event(job_id, "log", "latency model: the budget bounds no latency, so none is fitted")
+        return shared
+    cache_dir = Path(options.cache_dir).expanduser() if options.cache_dir else shared.cache_dir
+    store.add_event(
+        job_id,
+        "log",
+        f"latency model: fitting on {options.calibration_candidates} candidates of {space.name} measured "
+        f"on the target at batch {budget.batch_size}, or loading it from {cache_dir}",
+    )
+    started = time.perf_counter()
+    model, cached = calibrate(
+        space,
+        shared.dataset,
+        shared.target,
+        budget,
+        cache_dir=cache_dir,
+        latency_cache_dir=shared.cache_dir,
+        candidates=options.calibration_candidates,
+        seed=settings.seed,
+    )
+    error = model.cv_rel_error.get(budget.percentile)
+    store.add_event(
+        job_id,
+        "log",
+        f"latency model: {'loaded from the cache' if cached else 'fitted'} in "
+        f"{time.perf_counter() - started:.0f} s on {model.candidates} candidates (cross-validated median "
+        f"error of p{budget.percentile}: {'?' if error is None else f'{error:.0%}'}); skipping candidates "
+        f"predicted over {budget.latency_ms * (1 + options.skip_margin):.3g} ms "
+        f"(the budget's {budget.latency_ms:.3g} ms + {options.skip_margin:.0%})",
+    )
+    return dataclasses.replace(shared, latency_model=model, skip_margin=options.skip_margin)
 
 
 # -- where Tune keeps the run ---------------------------------------------------------------------
@@ -306,13 +364,16 @@ def run_search(
     ``name`` names the Tune run under ``settings.storage_path`` (default: ``shared.work_dir/tune``);
     with ``resume`` an earlier run of that name (of the same job) is picked up with ``Tuner.restore``:
     unfinished trials rerun, finished ones are kept and not recorded again. A run folder of another
-    job is refused. Returns every trial.
+    job is refused. With ``settings.latency_model.enabled`` the latency model is fitted (or loaded)
+    first (``attach_latency_model``). Returns every trial.
     """
     from ray import tune
 
     if not name or "/" in name or name in (".", ".."):
         raise AutocompressError(f"name: {name!r} must be a plain folder name (no '/')")
     train_config = train_config or TrainConfig()
+    shared = attach_latency_model(space, settings, shared, store, job_id)
+    raise_if_cancelled(store, job_id)  # fitting the latency model takes a while
     location = TuneRunLocation(settings.storage_path or shared.work_dir / "tune", name)
     experiment = location.experiment
     multi_objective = settings.searcher in MULTI_OBJECTIVE_SEARCHERS
@@ -377,5 +438,10 @@ def run_search(
                 status=TrialStatus.FAILED if error is not None else finished_status(metrics),
                 error=error,
             )
+        )
+    if shared.latency_model is not None:
+        skipped = sum(t.status is TrialStatus.SKIPPED for t in trials)
+        store.add_event(
+            job_id, "log", f"latency model: {skipped} of {len(trials)} trials skipped on their prediction"
         )
     return SearchOutcome(experiment_path=experiment, trials=trials)

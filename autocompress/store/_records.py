@@ -30,18 +30,23 @@ class JobStatus(enum.StrEnum):
 
 
 class TrialStatus(enum.StrEnum):
-    """Life cycle of one trial; STOPPED means stopped early (a scheduler or a cancelled job)."""
+    """Life cycle of one trial; STOPPED means stopped early (a scheduler or a cancelled job).
+
+    SKIPPED: never built, because the latency model predicted it far over the latency budget
+    (its metrics hold the prediction); neither a failure nor a candidate.
+    """
 
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     STOPPED = "STOPPED"
+    SKIPPED = "SKIPPED"
 
     @property
     def terminal(self) -> bool:
         """Whether the trial has finished, one way or another."""
-        return self in (TrialStatus.COMPLETED, TrialStatus.FAILED, TrialStatus.STOPPED)
+        return self in (TrialStatus.COMPLETED, TrialStatus.FAILED, TrialStatus.STOPPED, TrialStatus.SKIPPED)
 
 
 JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
@@ -112,16 +117,17 @@ class JobProgress:
     failed: int = 0
     running: int = 0
     pending: int = 0
+    skipped: int = 0
 
     @property
     def done(self) -> int:
-        """Trials that finished normally, including those a scheduler stopped early."""
-        return self.completed + self.stopped
+        """Trials that finished normally, those stopped early or skipped on a latency prediction too."""
+        return self.completed + self.stopped + self.skipped
 
     @property
     def total(self) -> int:
         """All trials recorded for the job so far."""
-        return self.completed + self.stopped + self.failed + self.running + self.pending
+        return self.completed + self.stopped + self.skipped + self.failed + self.running + self.pending
 
 
 @dataclass(frozen=True)

@@ -115,12 +115,12 @@ def test_a_random_search_records_every_trial_completed_with_metrics(
     ray_2_cpus: None, shared: SharedResources, store: Store, tmp_path: Path
 ) -> None:
     space = _space(tmp_path, [INT8], "random")
-    job_id, outcome = _search(space, _settings(tmp_path), shared, store, "random")
+    job_id, outcome = _search(space, _settings(tmp_path, num_trials=4), shared, store, "random")
 
-    assert len(outcome.trials) == 6
-    assert [t.status for t in outcome.trials] == [TrialStatus.COMPLETED] * 6
+    assert len(outcome.trials) == 4
+    assert [t.status for t in outcome.trials] == [TrialStatus.COMPLETED] * 4
     rows = store.list_trials(job_id)
-    assert len(rows) == 6
+    assert len(rows) == 4
     assert {r.trial_key for r in rows} == {t.trial_id for t in outcome.trials}
     for row in rows:
         assert row.status is TrialStatus.COMPLETED
@@ -147,7 +147,7 @@ def test_a_random_search_records_every_trial_completed_with_metrics(
         assert row.config["train_config"]["epochs"] == 1
     # random search samples the space: more than one architecture was tried
     assert len({str(r.config["arch"]) for r in rows}) > 1
-    assert store.job_progress(job_id).completed == 6
+    assert store.job_progress(job_id).completed == 4
 
 
 def test_a_tpe_search_with_asha_runs(
@@ -196,12 +196,12 @@ def test_an_nsga2_search_sees_only_final_reports(
 ) -> None:
     space = _space(tmp_path, [INT8], "nsga2")
     job_id, outcome = _search(
-        space, _settings(tmp_path, searcher="nsga2", num_trials=3), shared, store, "nsga2"
+        space, _settings(tmp_path, searcher="nsga2", num_trials=2), shared, store, "nsga2"
     )
 
-    assert [t.status for t in outcome.trials] == [TrialStatus.COMPLETED] * 3
+    assert [t.status for t in outcome.trials] == [TrialStatus.COMPLETED] * 2
     rows = store.list_trials(job_id)
-    assert [r.status for r in rows] == [TrialStatus.COMPLETED] * 3
+    assert [r.status for r in rows] == [TrialStatus.COMPLETED] * 2
     for row in rows:
         # the three objectives were all reported, in the one (final) report the searcher saw
         assert row.metrics["training_iteration"] == 1
@@ -213,11 +213,11 @@ def test_an_evolution_search_runs_under_tune(
 ) -> None:
     space = _space(tmp_path, [INT8], "evo")
     job_id, outcome = _search(
-        space, _settings(tmp_path, searcher="evolution", num_trials=3), shared, store, "evo"
+        space, _settings(tmp_path, searcher="evolution", num_trials=2), shared, store, "evo"
     )
 
-    assert [t.status for t in outcome.trials] == [TrialStatus.COMPLETED] * 3
-    assert [r.status for r in store.list_trials(job_id)] == [TrialStatus.COMPLETED] * 3
+    assert [t.status for t in outcome.trials] == [TrialStatus.COMPLETED] * 2
+    assert [r.status for r in store.list_trials(job_id)] == [TrialStatus.COMPLETED] * 2
     # Tune saved the searcher's state with the run (what Tuner.restore reads back)
     assert list(Path(outcome.experiment_path).glob("searcher-state-*.pkl"))
 
@@ -244,6 +244,43 @@ def test_a_resumed_run_records_no_trial_twice_and_refuses_another_job(
     with pytest.raises(AutocompressError, match=f"name: the Tune run .* belongs to job '{job_id}'"):
         run_search(space, settings, shared, store=store, job_id=other.id, name="resume", train_config=TRAIN)
     assert store.list_trials(other.id) == []
+
+
+def test_a_hopeless_latency_budget_skips_candidates_on_their_prediction_untrained(
+    ray_2_cpus: None, shared: SharedResources, store: Store, tmp_path: Path
+) -> None:
+    """With the latency model on, a budget no candidate can meet: every trial ends SKIPPED with its
+    prediction, none trains, none fails, none is a candidate; the model is fitted once."""
+    from dataclasses import replace
+
+    from autocompress.search.pareto import finished_candidates
+
+    space = _space(tmp_path, [INT8], "skipping")
+    hopeless = replace(shared, budget=Budget(latency_ms=1e-4, batch_size=64, size_mb=100.0))
+    options = {"enabled": True, "calibration_candidates": 8, "cache_dir": str(tmp_path / "models")}
+    settings = _settings(tmp_path, num_trials=4, latency_model=options)
+    job_id, outcome = _search(space, settings, hopeless, store, "skipping")
+
+    assert [t.status for t in outcome.trials] == [TrialStatus.SKIPPED] * 4
+    rows = store.list_trials(job_id)
+    assert [r.status for r in rows] == [TrialStatus.SKIPPED] * 4
+    for row in rows:
+        metrics = row.metrics
+        assert metrics["stage"] == "skipped" and metrics["training_iteration"] == 1
+        assert metrics["predicted_latency_ms"] == metrics["predicted_p99_ms_b64"] > 1e-4 * 1.25
+        assert "predicted p99 at batch 64" in metrics["skip_reason"]
+        assert metrics["objective"] < 0.5  # chance level, less the predicted overrun
+        # never trained, built nor measured: no epoch, no ONNX file, no measured latency
+        assert not {"valid_auc", "epochs_trained", "onnx_path", "latency_ms", "feasible"} & set(metrics)
+        assert row.error is None and row.config["arch"]["embedding_dim"] in (8, 16)
+    progress = store.job_progress(job_id)
+    assert (progress.skipped, progress.failed, progress.completed, progress.done) == (4, 0, 0, 4)
+    assert finished_candidates(rows) == []
+    events = [e.message for e in store.list_events(job_id)]
+    assert any("latency model: fitted" in e for e in events)
+    assert any("4 of 4 trials skipped" in e for e in events)
+    assert sum(" skipped: predicted" in e for e in events) == 4
+    assert len(list((tmp_path / "models").glob("latency-model-dlrm-*.json"))) == 1
 
 
 def test_objective_subtracts_the_distance_of_an_infeasible_candidate() -> None:
