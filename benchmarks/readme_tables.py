@@ -194,6 +194,32 @@ def cluster_scaling(result: dict[str, Any]) -> str:
     return _table(head, rows, right_from=0)
 
 
+def latency_model(result: dict[str, Any]) -> str:
+    """The latency model's error on candidates it did not see, per family, and one search's skips."""
+    head = ["family", "held-out candidates", "p99 median error", "p99 p90 error", "p50 median error"]
+    head += ["p50 p90 error", "targets (median <= 0.10, p90 <= 0.25)"]
+    rows = []
+    for family, f in sorted(result["families"].items()):
+        met = f["targets_met"]
+        rows.append(
+            [
+                family,
+                str(f["candidates"]),
+                f"{f['median_rel_error_b256']:.3f}",
+                f"{f['p90_rel_error_b256']:.3f}",
+                f"{f['p50']['median_rel_error_b256']:.3f}",
+                f"{f['p50']['p90_rel_error_b256']:.3f}",
+                "; ".join(f"{k.split('_')[0]} {_met(v)}" for k, v in met.items()),
+            ]
+        )
+    search = result["search"]
+    return _table(head, rows) + (
+        f"\nOne search ({search['job']}, {search['trials']} trials): {search['skipped']} skipped on their "
+        f"prediction ({result['skipped_fraction_in_search']:.0%}), "
+        f"{search['wrong_skips_measured_within_budget']} of them within the budget when built and measured.\n"
+    )
+
+
 def fuzz(result: dict[str, Any]) -> str:
     """The last fuzzing run of the API."""
     return (
@@ -210,6 +236,7 @@ TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "serve-load": ("serve_load.json", serve_load),
     "cluster-scaling": ("cluster_scaling.json", cluster_scaling),
     "fuzz": ("fuzz.json", fuzz),
+    "latency-model": ("latency_model.json", latency_model),
 }
 
 
