@@ -45,8 +45,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check autocompress serve_app tests benchmarks
 	$(VENV)/bin/mypy
 
-# two workers, file by file (a file's Ray or Serve fixture is set up once); tests/conftest.py hands
-# out the longest files first
+# two workers, file by file (a file's Ray or Serve fixture is set up once)
 test: lint test-nni browser
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 

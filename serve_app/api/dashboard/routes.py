@@ -56,6 +56,7 @@ def _page(name: str) -> HTMLResponse:
 
 
 @dashboard_router.get("", response_class=HTMLResponse)
+@dashboard_router.get("/", response_class=HTMLResponse)  # no slash redirect: it would echo the Host header
 def jobs_page() -> HTMLResponse:
     """The jobs: state, progress, best so far against the budget, started and elapsed time."""
     return _page("jobs.html")
