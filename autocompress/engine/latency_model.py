@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -888,6 +887,8 @@ def calibrate(
     ``latency-model-<family>-<key>.json`` with its measurements. ``busy_policy`` goes to
     ``measure_candidate``; ``progress(done, total)`` is called after each measured candidate.
     """
+    from autocompress.measure.latency_cache import write_json_atomically
+
     family = space.family
     if family not in INVENTORIES:
         raise AutocompressError(
@@ -926,7 +927,7 @@ def calibrate(
         if progress is not None:
             progress(i + 1, len(sampled))
     model = fit_latency_model(family, dataset.schema, budget.batch_size, rows, counts, key=key)
-    _write_atomically(file, {"key": key, "model": model.to_dict(), "rows": rows})
+    write_json_atomically(file, {"key": key, "model": model.to_dict(), "rows": rows})
     return model, False
 
 
@@ -938,15 +939,3 @@ def _load_cached(file: Path, key: str) -> LatencyModel | None:
         return LatencyModel.from_dict(data["model"])
     except (OSError, ValueError, KeyError, TypeError, AutocompressError):
         return None
-
-
-def _write_atomically(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

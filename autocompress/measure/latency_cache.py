@@ -122,7 +122,7 @@ def measure_exclusively(
         policy = busy_policy or default_busy_policy()
         report = _measure_checked(session, schema, target, seed, cache, policy)
         del session
-    _write_atomically(
+    write_json_atomically(
         cache / f"{key}.json", {"key": key, "onnx_path": str(onnx_path), "report": report.to_dict()}
     )
     return report
@@ -147,7 +147,7 @@ def record_probe(cache_dir: str | Path, *probes_ms: float) -> float:
     known = figures.get(node)
     lowest = min(probes_ms) if not isinstance(known, int | float) else min(float(known), *probes_ms)
     if lowest != known:
-        _write_atomically(path, {"version": QUIET_VERSION, "probe_ms": {**figures, node: lowest}})
+        write_json_atomically(path, {"version": QUIET_VERSION, "probe_ms": {**figures, node: lowest}})
     return lowest
 
 
@@ -209,7 +209,9 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _write_atomically(path: Path, data: dict[str, Any]) -> None:
+def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file: readers see the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as out:
