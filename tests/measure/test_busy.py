@@ -9,7 +9,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,6 +26,7 @@ from autocompress.measure.latency_cache import (
 )
 from autocompress.spec import Target
 from tests.export.tiny_ranker import TinyRanker, tiny_schema
+from tests.measure.conftest import MeasureSpy
 
 TARGET = Target(batch_sizes=[1, 64], warmup=5, repetitions=100, max_seconds=0.5)
 
@@ -42,25 +42,6 @@ def ranker_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("busy") / "ranker.onnx"
     export_onnx(TinyRanker(), tiny_schema(), path)
     return path
-
-
-class MeasureSpy:
-    """Counts calls of the real ``measure_latency`` that ``measure_exclusively`` makes."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.real = latency_cache.measure_latency
-
-    def __call__(self, *args: Any, **kwargs: Any) -> LatencyReport:
-        self.calls += 1
-        return self.real(*args, **kwargs)
-
-
-@pytest.fixture
-def spy(monkeypatch: pytest.MonkeyPatch) -> MeasureSpy:
-    spy = MeasureSpy()
-    monkeypatch.setattr(latency_cache, "measure_latency", spy)
-    return spy
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from autocompress.measure.latency_cache import (
 )
 from autocompress.spec import Target
 from tests.export.tiny_ranker import TinyRanker, tiny_schema
+from tests.measure.conftest import MeasureSpy
 
 TARGET = Target(batch_sizes=[1, 8], warmup=1, repetitions=5, max_seconds=0.5)
 # these tests count measurements; a busy test machine must not add retries (tests/measure/test_busy.py)
@@ -37,25 +38,6 @@ def _export(path: Path, seed: int) -> Path:
 @pytest.fixture(scope="module")
 def ranker_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _export(tmp_path_factory.mktemp("latency_cache") / "ranker.onnx", seed=0)
-
-
-class MeasureSpy:
-    """Counts calls of the real ``measure_latency`` that ``measure_exclusively`` makes."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.real = latency_cache.measure_latency
-
-    def __call__(self, *args: Any, **kwargs: Any) -> LatencyReport:
-        self.calls += 1
-        return self.real(*args, **kwargs)
-
-
-@pytest.fixture
-def spy(monkeypatch: pytest.MonkeyPatch) -> MeasureSpy:
-    spy = MeasureSpy()
-    monkeypatch.setattr(latency_cache, "measure_latency", spy)
-    return spy
 
 
 def test_second_call_returns_the_cached_report_without_measuring(
