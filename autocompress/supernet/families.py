@@ -1,0 +1,140 @@
+"""Each family's elastic rules: its MLP fields, what may shrink, how its concatenated inputs are laid out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import ClassVar, cast
+
+from autocompress.data.schema import FeatureSchema
+from autocompress.errors import AutocompressError
+from autocompress.models.arch import ArchConfig
+from autocompress.models.dcn_v2 import DCNv2, DCNv2Arch
+from autocompress.models.din import DIN, DINArch
+from autocompress.models.dlrm import DLRM, DLRMArch
+from autocompress.supernet.elastic import Blocks, Subnet, Supernet
+
+
+class DLRMSupernet(Supernet):
+    """DLRM: elastic embedding width, bottom and top MLPs.
+
+    The bottom MLP's last layer always reads the largest's last one (its output joins the
+    embeddings in the interaction, unit i against column i); the top MLP's input keeps the first
+    ``embedding_dim`` units of every vector ("cat") or of the dense vector ahead of all pairs ("dot").
+    """
+
+    family: ClassVar[str] = "dlrm"
+    model: DLRM
+    largest_arch: DLRMArch
+    width_fields: ClassVar[Mapping[str, tuple[str, bool]]] = {
+        "bottom_mlp": ("bottom", True),
+        "top_mlp": ("top", False),
+    }
+
+    def _input_layouts(self, arch: ArchConfig) -> dict[str, dict[int, Blocks]]:
+        model = self.model
+        full, kept = self.largest_arch.embedding_dim, arch.embedding_dim
+        n_vectors = (model.bottom is not None) + len(model.id_names)
+        if model.concat_vectors:
+            return {"top.0.weight": {1: [(full, kept)] * n_vectors}}
+        if model.bottom is None:
+            return {}
+        n_pairs = model.pair_index.numel()
+        return {"top.0.weight": {1: [(full, kept), (n_pairs, n_pairs)]}}
+
+
+class DCNv2Supernet(Supernet):
+    """DCN-v2: elastic embedding width, the first ``cross_layers`` crosses, ``cross_rank`` and the deep MLP.
+
+    The cross input ``x0`` is the dense values then one embedding per id feature; every cross
+    weight keeps the first ``embedding_dim`` entries of each embedding on both axes. A low-rank
+    sub-network keeps the first ``cross_rank`` factors; full rank and low rank never share.
+    """
+
+    family: ClassVar[str] = "dcn_v2"
+    model: DCNv2
+    largest_arch: DCNv2Arch
+    width_fields: ClassVar[Mapping[str, tuple[str, bool]]] = {"deep_mlp": ("deep", False)}
+    shrinking_fields: ClassVar[frozenset[str]] = frozenset({"embedding_dim", "cross_layers", "cross_rank"})
+
+    def _check_more(self, sub: Subnet) -> None:
+        super()._check_more(sub)
+        mine, theirs = cast(DCNv2Arch, sub.arch), self.largest_arch
+        if (mine.cross_rank == 0) != (theirs.cross_rank == 0):
+            allowed = "0 (full rank)" if theirs.cross_rank == 0 else f"1..{theirs.cross_rank}"
+            raise AutocompressError(
+                f"dcn_v2 sub-network: cross_rank {mine.cross_rank} does not share the supernet's "
+                f"crosses (cross_rank {theirs.cross_rank}; allowed: {allowed})"
+            )
+
+    def _input_layouts(self, arch: ArchConfig) -> dict[str, dict[int, Blocks]]:
+        arch = cast(DCNv2Arch, arch)
+        n_dense, n_ids = len(self.model.dense_names), len(self.model.id_names)
+        x0: Blocks = [(n_dense, n_dense), *[(self.largest_arch.embedding_dim, arch.embedding_dim)] * n_ids]
+        layouts: dict[str, dict[int, Blocks]] = {"deep.0.weight": {1: x0}}
+        for i in range(arch.cross_layers):
+            w = f"cross.{i}.weight"
+            if arch.cross_rank == 0:
+                layouts |= {f"{w}.weight": {0: x0, 1: x0}, f"{w}.bias": {0: x0}}
+            else:
+                layouts |= {f"{w}.0.weight": {1: x0}, f"{w}.1.weight": {0: x0}, f"{w}.1.bias": {0: x0}}
+        if arch.structure == "parallel":
+            deep = (self.largest_arch.deep_mlp[-1], arch.deep_mlp[-1])
+            layouts["head.weight"] = {1: [*x0, deep]}
+        return layouts
+
+
+class DINSupernet(Supernet):
+    """DIN: elastic embedding width, attention and output MLPs, and history length.
+
+    A ``Subnet(arch, history_length=L)`` attends over the last L positions of the behaviour
+    sequence (the most recent ones: sequences are padded on the left), other sequences stay whole;
+    its standalone model is built for a schema whose history has ``max_len`` L.
+    """
+
+    family: ClassVar[str] = "din"
+    model: DIN
+    largest_arch: DINArch
+    width_fields: ClassVar[Mapping[str, tuple[str, bool]]] = {
+        "attention_mlp": ("attention", False),
+        "mlp": ("mlp", False),
+    }
+
+    @property
+    def history(self) -> str:
+        """The behaviour sequence feature the attention reads."""
+        return self.model.history
+
+    @property
+    def history_max_len(self) -> int:
+        return next(s.max_len for s in self.schema.sequence if s.name == self.history)
+
+    def _check_more(self, sub: Subnet) -> None:
+        length, longest = sub.history_length, self.history_max_len
+        if length is not None and (
+            isinstance(length, bool) or not isinstance(length, int) or not 0 < length <= longest
+        ):
+            raise AutocompressError(
+                f"din sub-network: history_length must be an integer in 1..{longest} "
+                f"(the max_len of {self.history!r}), got {length!r}"
+            )
+
+    def _sub_schema(self, sub: Subnet) -> FeatureSchema:
+        if sub.history_length is None:
+            return self.schema
+        sequence = tuple(
+            replace(s, max_len=sub.history_length) if s.name == self.history else s
+            for s in self.schema.sequence
+        )
+        return replace(self.schema, sequence=sequence)
+
+    def _input_layouts(self, arch: ArchConfig) -> dict[str, dict[int, Blocks]]:
+        model = self.model
+        embedding: Blocks = [(self.largest_arch.embedding_dim, arch.embedding_dim)]
+        n_dense = len(model.dense_names)
+        return {
+            # [candidate, item, candidate - item, candidate * item]
+            "attention.0.weight": {1: [*embedding] * 4},
+            # [interest, candidate, other id features..., dense values]
+            "mlp.0.weight": {1: [*embedding] * (2 + len(model.other_ids)) + [(n_dense, n_dense)]},
+        }
