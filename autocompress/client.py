@@ -91,8 +91,39 @@ class ApiClient:
         result: dict[str, Any] = self._json("GET", f"/v1/jobs/{_segment(job_id)}")
         return result
 
-    def list_trials(self, job_id: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._json("GET", f"/v1/jobs/{_segment(job_id)}/trials")["trials"]
+    def list_trials(self, job_id: str, status: str | None = None) -> list[dict[str, Any]]:
+        params = {"status": status} if status else {}
+        result: list[dict[str, Any]] = self._json(
+            "GET", f"/v1/jobs/{_segment(job_id)}/trials", params=params
+        )["trials"]
+        return result
+
+    def job_pareto(self, job_id: str) -> dict[str, Any]:
+        """The Pareto front of the job's finished trials, the winner so far and the closest to budget."""
+        result: dict[str, Any] = self._json("GET", f"/v1/jobs/{_segment(job_id)}/pareto")
+        return result
+
+    def trial_curve(self, job_id: str, trial: str) -> dict[str, Any]:
+        """A trial's learning curve: its per-epoch reports in epoch order (``epochs``)."""
+        result: dict[str, Any] = self._json(
+            "GET", f"/v1/jobs/{_segment(job_id)}/trials/{_segment(trial)}/curve"
+        )
+        return result
+
+    def register_trial(
+        self,
+        job_id: str,
+        trial: str,
+        name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Register a finished trial as the next version of ``name`` (default: from the job); the model."""
+        body: dict[str, Any] = {"tags": dict(tags or {})}
+        if name:
+            body["name"] = name
+        result: dict[str, Any] = self._json(
+            "POST", f"/v1/jobs/{_segment(job_id)}/trials/{_segment(trial)}/register", json=body
+        )
         return result
 
     def cancel_job(self, job_id: str, by: str | None = None) -> dict[str, Any]:

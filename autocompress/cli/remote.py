@@ -24,10 +24,11 @@ from autocompress.errors import AutocompressError
 __all__ = ["jobs_app", "models_app"]
 
 jobs_app = typer.Typer(
-    help="Search jobs on the REST API: submit, list, show, cancel, logs.", no_args_is_help=True
+    help="Search jobs on the REST API: submit, list, show, trials, pareto, cancel, logs.",
+    no_args_is_help=True,
 )
 models_app = typer.Typer(
-    help="Registered models on the REST API: list, show, download.", no_args_is_help=True
+    help="Registered models on the REST API: list, show, register a trial, download.", no_args_is_help=True
 )
 console = Console(soft_wrap=True)  # ids and paths stay whole, on one line
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
@@ -165,6 +166,82 @@ def jobs_show(
         console.print(f"report: {client.url}/v1/jobs/{job['id']}/report")
 
 
+def _trials_table(title: str, trials: list[dict[str, Any]]) -> RichTable:
+    """Trials as rows: key, stage, status, valid AUC, latency (``~`` predicted), size, techniques,
+    whether the final report met the budget."""
+    table = RichTable(title=title)
+    table.add_column("trial", no_wrap=True)
+    table.add_column("stage", no_wrap=True)
+    table.add_column("status", no_wrap=True, min_width=9)
+    for column in ("valid AUC", "latency ms", "MB"):
+        table.add_column(column, no_wrap=True, justify="right")
+    table.add_column("techniques", overflow="fold")  # the one that wraps on a narrow terminal
+    table.add_column("in budget", no_wrap=True)
+    for trial in trials:
+        m = trial.get("metrics") or {}
+        latency = _number(m.get("latency_ms"))
+        if latency == "-" and isinstance(m.get("predicted_latency_ms"), int | float):
+            latency = "~" + _number(m["predicted_latency_ms"])
+        feasible = m.get("feasible")
+        table.add_row(
+            trial["trial_key"],
+            str(m.get("stage") or "-"),
+            trial["status"],
+            _number(m.get("valid_auc")),
+            latency,
+            _number(m.get("size_mb")),
+            " > ".join(m.get("techniques") or []) or "-",
+            "-" if feasible is None else ("yes" if feasible else "no"),
+        )
+    return table
+
+
+@jobs_app.command("trials")
+@user_errors
+def jobs_trials(
+    job_id: Annotated[str, typer.Argument(help="the job's id")],
+    status: Annotated[
+        str | None, typer.Option(help="PENDING | RUNNING | COMPLETED | FAILED | STOPPED | SKIPPED")
+    ] = None,
+    as_json: AsJson = False,
+    url: Url = DEFAULT_API_URL,
+    token: Token = None,
+) -> None:
+    """A job's trials: stage, status, valid AUC, latency, size, techniques, in budget."""
+    with ApiClient(url, token) as client:
+        trials = client.list_trials(job_id, status=status)
+    if as_json:
+        _print_json(trials)
+        return
+    console.print(_trials_table(f"trials of job {job_id}: {len(trials)}", trials))
+
+
+@jobs_app.command("pareto")
+@user_errors
+def jobs_pareto(
+    job_id: Annotated[str, typer.Argument(help="the job's id")],
+    as_json: AsJson = False,
+    url: Url = DEFAULT_API_URL,
+    token: Token = None,
+) -> None:
+    """The Pareto-optimal finished trials (valid AUC x latency x size), best AUC first, and the winner."""
+    with ApiClient(url, token) as client:
+        pareto = client.job_pareto(job_id)
+        trials = {t["trial_key"]: t for t in client.list_trials(job_id, status="COMPLETED")}
+    if as_json:
+        _print_json(pareto)
+        return
+    front = [trials[c["trial_key"]] for c in pareto["front"] if c["trial_key"] in trials]
+    console.print(_trials_table(f"Pareto front of job {job_id}: {len(front)} trials", front))
+    if pareto["winner"] is not None:
+        console.print(f"winner: {pareto['winner']['trial_key']}", highlight=False)
+    elif pareto["reason"]:
+        closest = ", ".join(c["trial_key"] for c in pareto["closest"])
+        console.print(f"no winner: {pareto['reason']}; closest: {closest or '-'}", highlight=False)
+    if front:
+        console.print("register one: autocompress models register JOB TRIAL [--name N] [--tag k=v]")
+
+
 @jobs_app.command("cancel")
 @user_errors
 def jobs_cancel(
@@ -221,12 +298,16 @@ def models_list(
         return
     table = RichTable(title="models")
     table.add_column("id", no_wrap=True, min_width=36)
-    for column in ("name", "job", "valid AUC", "latency ms", "MB"):
+    table.add_column("name", no_wrap=True)
+    table.add_column("version", no_wrap=True)
+    for column in ("tags", "job", "valid AUC", "latency ms", "MB"):
         table.add_column(column)
     for m in page["models"]:
         table.add_row(
             m["id"],
             m["name"],
+            f"v{m['version']}",
+            _tag_text(m.get("tags") or {}),
             m["job_id"] or "",
             _number(m["valid_auc"]),
             _number(m["latency_ms"]),
@@ -236,7 +317,45 @@ def models_list(
 
 
 def _number(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, int | float) else "-"
+    return f"{value:.4g}" if isinstance(value, int | float) and not isinstance(value, bool) else "-"
+
+
+def _tag_text(tags: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" if v else k for k, v in tags.items())
+
+
+def _parse_tags(tags: list[str]) -> dict[str, str]:
+    parsed: dict[str, str] = {}
+    for tag in tags:
+        key, equals, value = tag.partition("=")
+        if not equals or not key:
+            raise AutocompressError(f"--tag: {tag!r} is not key=value")
+        parsed[key] = value
+    return parsed
+
+
+@models_app.command("register")
+@user_errors
+def models_register(
+    job_id: Annotated[str, typer.Argument(help="the job's id")],
+    trial: Annotated[str, typer.Argument(help="the trial's key (see `autocompress jobs trials JOB`)")],
+    name: Annotated[
+        str | None, typer.Option(help="the model's name (default: the job's name and family)")
+    ] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="a tag key=value (repeatable)")] = None,
+    as_json: AsJson = False,
+    url: Url = DEFAULT_API_URL,
+    token: Token = None,
+) -> None:
+    """Register any finished trial of a job as the next version of a model."""
+    tags = _parse_tags(tag or [])
+    with ApiClient(url, token) as client:
+        model = client.register_trial(job_id, trial, name=name, tags=tags)
+    if as_json:
+        _print_json(model)
+        return
+    what = f"{model['name']} v{model['version']} (model {model['id']})"
+    console.print(f"registered trial {trial} of job {job_id} as {what}", highlight=False)
 
 
 @models_app.command("show")

@@ -32,6 +32,7 @@ class JobResult:
     model_id: str | None = None
     notes: list[str] = field(default_factory=list)
     budget: dict[str, Any] = field(default_factory=dict)  # the rule, the resolved ms / MB, the baselines
+    feature_schema: dict[str, Any] = field(default_factory=dict)  # what any trial registered later takes
 
 
 def run_job(spec: Any, store: Any, work_dir: str | Path, *, job_id: str | None = None) -> JobResult:
@@ -74,6 +75,7 @@ def run_job(spec: Any, store: Any, work_dir: str | Path, *, job_id: str | None =
             "model_id": result.model_id,
             "notes": result.notes,
             "budget": result.budget,
+            "feature_schema": result.feature_schema,
         },
     )
     if spec.deploy and result.model_id is not None:
@@ -90,8 +92,6 @@ def run_job(spec: Any, store: Any, work_dir: str | Path, *, job_id: str | None =
 
 
 def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
-    import shutil
-
     from autocompress.data.registry import load_dataset
     from autocompress.engine.trial import SharedResources, measured_target
     from autocompress.engine.tuner import run_search
@@ -102,6 +102,7 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
     from autocompress.search.budget import Budget
     from autocompress.search.pareto import finished_candidates, select_winner
     from autocompress.search.space import load_search_space
+    from autocompress.serving import FeatureEncoders, register_trial
     from autocompress.store import JobStatus, TrialStatus
 
     try:
@@ -119,6 +120,10 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
 
     store.add_event(job_id, "log", f"loading data ({spec.dataset.kind})")
     dataset = load_dataset(spec.dataset)
+    feature_schema = dataset.schema.to_dict()
+    encoders = FeatureEncoders.from_dataset_info(dataset.info)
+    if encoders is not None:  # real data: served requests carry raw values, mapped as in training
+        encoders.save(work)  # beside the job's registered models (``register_trial`` copies it)
     store.add_event(
         job_id, "log", "the reference model (the teacher and fp32 baseline): trained, or loaded on a resume"
     )
@@ -135,7 +140,10 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
     budget_record = resolve_budget(budget, figures)
     budget = Budget.from_dict(budget_record["resolved"])
     store.add_event(job_id, "budget", "budget: " + "; ".join(budget_record["text"].values()))
-    store.set_job_status(job_id, JobStatus.RUNNING, result={"budget": budget_record})  # the API shows it
+    # the API shows the budget; a finished trial can be registered with the schema while the job runs
+    store.set_job_status(
+        job_id, JobStatus.RUNNING, result={"budget": budget_record, "feature_schema": feature_schema}
+    )
     shared = SharedResources(
         dataset=dataset,
         teacher=reference.model,
@@ -192,24 +200,15 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
         [budget_note, *notes],
     )
     model_id = None
-    if selection.winner is not None:
-        from autocompress.serving import FeatureEncoders
-
-        artifact = work / "winner.onnx"
-        shutil.copyfile(models["winner"], artifact)
-        encoders = FeatureEncoders.from_dataset_info(dataset.info)
-        if encoders is not None:  # real data: served requests carry raw values, mapped as in training
-            encoders.save(work)
-        model_id = store.register_model(
-            f"{spec.name}-winner",
-            artifact,
-            dataset.schema.to_dict(),
-            {
-                **selection.winner.metrics,
-                "test": {k: v for k, v in (winner_row or {}).items() if k != "name"},
-            },
-            job_id=job_id,
-            trial_id=_trial_row_id(store, job_id, selection.winner.trial_id),
+    if selection.winner is not None:  # registered as any trial can be, the test figures added
+        model_id = register_trial(
+            store,
+            job_id,
+            selection.winner.trial_id,
+            work,
+            tags={"role": "winner"},
+            feature_schema=feature_schema,
+            metrics={"test": {k: v for k, v in (winner_row or {}).items() if k != "name"}},
         ).id
     return JobResult(
         job_id=job_id,
@@ -221,6 +220,7 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
         model_id=model_id,
         notes=notes,
         budget=budget_record,
+        feature_schema=feature_schema,
     )
 
 
@@ -251,10 +251,3 @@ def _warn_busy(store: Any, job_id: str, notes: list[str], what: str, warnings: l
     if busy:
         notes.append(f"latency of {len(busy)} of {len(warnings)} of {what}: {busy[0]}")
         store.add_event(job_id, "warning", notes[-1])
-
-
-def _trial_row_id(store: Any, job_id: str, trial_key: str) -> str | None:
-    for trial in store.list_trials(job_id):
-        if trial.trial_key == trial_key:
-            return str(trial.id)
-    return None

@@ -1,6 +1,7 @@
 """The Tune callback that writes every trial into the store as it happens.
 
-RUNNING when a trial starts (with its decoded arch + policy), its metrics on every result,
+RUNNING when a trial starts (with its decoded arch + policy), its metrics on every result (each
+per-epoch report also kept as a point of the trial's learning curve, ``Store.trial_curve``),
 COMPLETED / STOPPED / SKIPPED / FAILED (with the error text) when it ends. Rows are keyed by
 ``(job_id, Tune trial id)`` and ``Store.record_trial`` upserts, so a run resumed with
 ``Tuner.restore`` never records a trial twice. A failed store write is logged, never raised: the
@@ -10,6 +11,7 @@ search goes on and the next write of the trial brings its row up to date.
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,6 +70,15 @@ def trial_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k not in dropped}
 
 
+def report_epoch(result: Mapping[str, Any]) -> int | None:
+    """The epoch a per-epoch report (stage ``train``) is about, None for any other report."""
+    epoch = result.get("epoch")
+    if result.get("stage") != "train" or isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral):
+        return None
+    number = int(epoch)
+    return number if number >= 0 else None
+
+
 def finished_status(result: Mapping[str, Any]) -> TrialStatus:
     """COMPLETED when the trial's final report arrived, SKIPPED when the latency model skipped it,
     STOPPED when it ended before either (ASHA, a cancel)."""
@@ -120,7 +131,8 @@ class TrialRecorder(Callback):
     """Records each trial of ``job_id`` into ``store`` on start, on every result and at its end.
 
     Life cycle (Tune's hooks, called on the driver): ``on_trial_start`` -> RUNNING with the
-    config; ``on_trial_result`` -> RUNNING with the latest metrics; ``on_trial_recover`` ->
+    config; ``on_trial_result`` -> RUNNING with the latest metrics (a per-epoch report, stage
+    ``train``, also into the learning curve under its ``epoch``); ``on_trial_recover`` ->
     PENDING with the error (the retry's start counts a new attempt); ``on_trial_complete`` ->
     COMPLETED, SKIPPED or STOPPED; ``on_trial_error`` -> FAILED with the error text.
     """
@@ -158,7 +170,7 @@ class TrialRecorder(Callback):
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
     ) -> None:
-        self._record(trial, TrialStatus.RUNNING, metrics=trial_metrics(result))
+        self._record(trial, TrialStatus.RUNNING, metrics=trial_metrics(result), epoch=report_epoch(result))
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._record(trial, TrialStatus.PENDING, error=trial_error_text(trial))

@@ -96,8 +96,12 @@ def deploy_job_winner(store: Store, job_id: str) -> DeploymentRecord | None:
     job = store.get_job(job_id)
     if not job.spec.get("deploy") or job.status != JobStatus.SUCCEEDED:
         return None
-    winners = store.list_models(job_id=job_id, limit=1)
-    if not winners:
+    result = job.result or {}
+    if "model_id" in result:  # the winner, not another trial of the job registered meanwhile
+        winner = store.get_model(result["model_id"]) if result["model_id"] else None
+    else:  # a job recorded before its result named the model
+        winner = next(iter(store.list_models(job_id=job_id, limit=1)), None)
+    if winner is None:
         return None
-    check_onnx_loads(Path(winners[0].path), winners[0].id)  # the alias keeps its model otherwise
-    return store.deploy(job.name, winners[0].id)
+    check_onnx_loads(Path(winner.path), winner.id)  # the alias keeps its model otherwise
+    return store.deploy(job.name, winner.id)

@@ -102,13 +102,31 @@ class Trial(Base):
     updated_at: Mapped[datetime]
 
 
+class TrialEpoch(Base):
+    """One per-epoch report of a trial (a point of its learning curve), one row per epoch."""
+
+    __tablename__ = "trial_epochs"
+    __table_args__ = (UniqueConstraint("trial_id", "epoch"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    trial_id: Mapped[str] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"))
+    epoch: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any]]
+    recorded_at: Mapped[datetime]
+
+
 class ModelArtifact(Base):
-    """A registered model: the ONNX file, its feature schema, metrics and lineage (job, trial)."""
+    """A registered model: name and version, tags, the ONNX file, its feature schema, metrics and
+    lineage (job, trial). Versions count up per name; the unique index makes two at once impossible."""
 
     __tablename__ = "model_artifacts"
+    __table_args__ = (Index("uq_model_artifacts_name_version", "name", "version", unique=True),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
+    tags: Mapped[dict[str, Any]]
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
     trial_id: Mapped[str | None] = mapped_column(ForeignKey("trials.id", ondelete="SET NULL"))
     path: Mapped[str] = mapped_column(Text)

@@ -131,11 +131,26 @@ class JobProgress:
 
 
 @dataclass(frozen=True)
+class EpochRecord:
+    """One per-epoch report of a trial, a point of its learning curve: what the trial reported for
+    ``epoch`` (``valid_auc``, ``train_loss``, ...) and the attempt that reported it."""
+
+    trial_id: str
+    epoch: int
+    attempt: int
+    metrics: dict[str, Any]
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
 class ModelRecord:
-    """A registered model artifact with its feature schema, metrics and lineage (job, trial)."""
+    """A registered model artifact: its name and version (1, 2, ... per name), tags, feature schema,
+    metrics and lineage (job, trial)."""
 
     id: str
     name: str
+    version: int
+    tags: dict[str, str]
     job_id: str | None
     trial_id: str | None
     path: str

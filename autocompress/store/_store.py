@@ -24,11 +24,12 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, Operationa
 from sqlalchemy.orm import Session, sessionmaker
 
 from autocompress.errors import AutocompressError
-from autocompress.store._orm import Deployment, Job, JobEvent, ModelArtifact, Trial
+from autocompress.store._orm import Deployment, Job, JobEvent, ModelArtifact, Trial, TrialEpoch
 from autocompress.store._records import (
     JOB_TRANSITIONS,
     ConflictError,
     DeploymentRecord,
+    EpochRecord,
     EventRecord,
     JobProgress,
     JobRecord,
@@ -52,7 +53,12 @@ DEFAULT_DB_FILE = "autocompress.db"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _SUPPORTED_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql+psycopg")
 _MIGRATION_LOCK_KEY = 0x61636D70  # pg_advisory_xact_lock key shared by every store opening this database
+_MODEL_VERSION_LOCK_CLASS = 0x61636D76  # with hashtext(name): registrations of one name take turns
 _ALIAS_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_TAG_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}$")
+_MAX_TAGS = 50
+_MAX_TAG_VALUE_CHARS = 500
+_VERSION_ATTEMPTS = 20  # a registration that lost the race for a version number reads the next one
 _MAX_PAGE = 1000
 _PG_CONNECT_TIMEOUT_S = 10  # a server that does not answer at all fails the attempt, then it is retried
 _FATAL_CONNECT_ERRORS = (
@@ -132,6 +138,30 @@ def _json_object(value: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
     return result
 
 
+def _tags(value: Mapping[str, str] | None, where: str = "tags") -> dict[str, str]:
+    """Checked model tags: at most 50 ``key: value`` strings, keys of letters, digits and ``._:/-``."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise AutocompressError(f"{where}: expected a mapping of key to value, got {type(value).__name__}")
+    if len(value) > _MAX_TAGS:
+        raise AutocompressError(f"{where}: {len(value)} tags; at most {_MAX_TAGS} are allowed")
+    tags: dict[str, str] = {}
+    for key, tag in value.items():
+        if not isinstance(key, str) or not _TAG_KEY_PATTERN.match(key):
+            raise AutocompressError(
+                f"{where}: key {key!r} must be 1..100 of letters, digits, '.', '_', ':', '/', '-', "
+                "starting alphanumeric"
+            )
+        if not isinstance(tag, str) or len(tag) > _MAX_TAG_VALUE_CHARS or "\x00" in tag:
+            raise AutocompressError(
+                f"{where}.{key}: the value must be a string of at most {_MAX_TAG_VALUE_CHARS} characters "
+                "without NUL"
+            )
+        tags[key] = tag
+    return tags
+
+
 def _job_status(value: JobStatus | str, where: str = "status") -> JobStatus:
     try:
         return JobStatus(value)
@@ -170,7 +200,11 @@ def _trial_record(row: Trial) -> TrialRecord:
 
 
 def _model_record(row: ModelArtifact) -> ModelRecord:
-    return _record(ModelRecord, row)
+    return _record(ModelRecord, row, tags=dict(row.tags))
+
+
+def _epoch_record(row: TrialEpoch) -> EpochRecord:
+    return _record(EpochRecord, row)
 
 
 def _deployment_record(row: Deployment) -> DeploymentRecord:
@@ -554,17 +588,44 @@ class Store:
         error: str | None = None,
         *,
         seconds: float | None = None,
+        epoch: int | None = None,
     ) -> TrialRecord:
         """Insert or update the trial ``trial_key`` of a job (one row per key, however often recorded).
 
         Fields left as None keep their stored value. Entering RUNNING from another state counts
         an attempt (a retried trial has attempts > 1); a terminal state sets the finish time.
+        With ``epoch``, ``metrics`` is that training epoch's report and is also kept in the trial's
+        learning curve (``trial_curve``), in the same transaction: one point per epoch, a later
+        report of the same epoch (a retried attempt) replacing it, and the points an older attempt
+        reported after that epoch dropped, so the curve is always one consistent run.
         """
         target = _trial_status(status)
         config_json = _json_object(config, "config") if config is not None else None
         metrics_json = _json_object(metrics, "metrics") if metrics is not None else None
         if not 1 <= len(trial_key) <= 200:
             raise AutocompressError("trial_key: must be 1..200 characters")
+        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0):
+            raise AutocompressError(f"epoch: {epoch!r} must be an integer >= 0")
+        if epoch is not None and metrics_json is None:
+            raise AutocompressError("metrics: required with epoch (the epoch's report)")
+
+        def keep_epoch(session: Session, row: Trial, now: datetime) -> None:
+            assert epoch is not None and metrics_json is not None
+            session.flush()  # the trial row exists before its curve refers to it
+            session.execute(
+                delete(TrialEpoch).where(
+                    TrialEpoch.trial_id == row.id, TrialEpoch.epoch > epoch, TrialEpoch.attempt < row.attempts
+                )
+            )
+            point = session.scalars(
+                select(TrialEpoch).where(TrialEpoch.trial_id == row.id, TrialEpoch.epoch == epoch)
+            ).one_or_none()
+            if point is None:
+                point = TrialEpoch(trial_id=row.id, epoch=epoch)
+                session.add(point)
+            point.attempt = row.attempts
+            point.metrics = metrics_json
+            point.recorded_at = now
 
         def apply(row: Trial, previous: TrialStatus | None, now: datetime) -> None:
             if target is TrialStatus.RUNNING and previous is not TrialStatus.RUNNING:
@@ -597,6 +658,8 @@ class Store:
             row = find(session)
             if row is not None:
                 apply(row, TrialStatus(row.status), now)
+                if epoch is not None:
+                    keep_epoch(session, row, now)
                 return _trial_record(row)
             self._job_row(session, job_id)
             row = Trial(
@@ -617,6 +680,8 @@ class Store:
                 if row is None:
                     raise
                 apply(row, TrialStatus(row.status), now)
+            if epoch is not None:
+                keep_epoch(session, row, now)
             return _trial_record(row)
 
         return self._transaction(work, write=True)
@@ -633,6 +698,56 @@ class Store:
             return [_trial_record(row) for row in session.scalars(query)]
 
         return self._transaction(work, write=False)
+
+    def get_trial(self, job_id: str, trial: str) -> TrialRecord:
+        """The job's trial whose key (Tune's trial id) or row id is ``trial``; NotFoundError if none."""
+
+        def work(session: Session) -> TrialRecord:
+            return _trial_record(self._trial_row(session, job_id, trial))
+
+        return self._transaction(work, write=False)
+
+    def trial_curve(self, job_id: str, trial: str) -> tuple[TrialRecord, list[EpochRecord]]:
+        """A trial (by key or id, as ``get_trial``) and its learning curve: its per-epoch reports in
+        epoch order."""
+
+        def work(session: Session) -> tuple[TrialRecord, list[EpochRecord]]:
+            row = self._trial_row(session, job_id, trial)
+            query = select(TrialEpoch).where(TrialEpoch.trial_id == row.id).order_by(TrialEpoch.epoch)
+            return _trial_record(row), [_epoch_record(point) for point in session.scalars(query)]
+
+        return self._transaction(work, write=False)
+
+    def job_curves(self, job_id: str) -> dict[str, list[EpochRecord]]:
+        """The learning curves of all the job's trials in one read: trial row id -> points in epoch
+        order (trials without a per-epoch report are absent)."""
+
+        def work(session: Session) -> dict[str, list[EpochRecord]]:
+            self._job_row(session, job_id)
+            query = (
+                select(TrialEpoch)
+                .join(Trial, Trial.id == TrialEpoch.trial_id)
+                .where(Trial.job_id == job_id)
+                .order_by(TrialEpoch.trial_id, TrialEpoch.epoch)
+            )
+            curves: dict[str, list[EpochRecord]] = {}
+            for point in session.scalars(query):
+                curves.setdefault(point.trial_id, []).append(_epoch_record(point))
+            return curves
+
+        return self._transaction(work, write=False)
+
+    def _trial_row(self, session: Session, job_id: str, trial: str) -> Trial:
+        self._job_row(session, job_id)
+        by_key = select(Trial).where(Trial.job_id == job_id, Trial.trial_key == trial)
+        row = session.scalars(by_key).one_or_none()
+        if row is None:
+            row = session.scalars(
+                select(Trial).where(Trial.job_id == job_id, Trial.id == trial)
+            ).one_or_none()
+        if row is None:
+            raise NotFoundError(f"trial: no trial {trial!r} in job {job_id}")
+        return row
 
     def job_progress(self, job_id: str) -> JobProgress:
         """How many of the job's trials are completed, stopped, failed, running and pending."""
@@ -688,12 +803,20 @@ class Store:
         *,
         job_id: str | None = None,
         trial_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> ModelRecord:
-        """Register an exported model (ONNX path, feature schema, metrics) with its lineage."""
+        """Register an exported model (ONNX path, feature schema, metrics) with its lineage and tags.
+
+        It becomes the next version of ``name``: 1 for a new name, else one more than the highest.
+        Two registrations of a name at once get two versions: SQLite takes the write lock up front,
+        PostgreSQL an advisory lock on the name until the transaction ends; behind both, the unique
+        (name, version) index refuses a number twice, and a refused insert reads the highest again.
+        """
         if not name or len(name) > 200:
             raise AutocompressError(f"name: {name!r} must be 1..200 characters")
         schema_json = _json_object(feature_schema, "feature_schema")
         metrics_json = _json_object(metrics, "metrics")
+        tags_json = _tags(tags)
 
         def work(session: Session) -> ModelRecord:
             if job_id is not None:
@@ -702,18 +825,35 @@ class Store:
                 trial = session.get(Trial, trial_id)
                 if trial is None or (job_id is not None and trial.job_id != job_id):
                     raise NotFoundError(f"trial_id: no trial {trial_id!r} in job {job_id!r}")
-            row = ModelArtifact(
-                id=_new_id(),
-                name=name,
-                job_id=job_id,
-                trial_id=trial_id,
-                path=str(path),
-                feature_schema=schema_json,
-                metrics=metrics_json,
-                created_at=_now(),
+            if self.dialect == "postgresql":
+                session.execute(
+                    text("SELECT pg_advisory_xact_lock(:kind, hashtext(:name))"),
+                    {"kind": _MODEL_VERSION_LOCK_CLASS, "name": name},
+                )
+            highest = select(func.max(ModelArtifact.version)).where(ModelArtifact.name == name)
+            for _ in range(_VERSION_ATTEMPTS):
+                row = ModelArtifact(
+                    id=_new_id(),
+                    name=name,
+                    version=int(session.scalar(highest) or 0) + 1,
+                    tags=tags_json,
+                    job_id=job_id,
+                    trial_id=trial_id,
+                    path=str(path),
+                    feature_schema=schema_json,
+                    metrics=metrics_json,
+                    created_at=_now(),
+                )
+                try:
+                    with session.begin_nested():
+                        session.add(row)
+                except IntegrityError:
+                    continue  # another registration took this version first; read the highest again
+                return _model_record(row)
+            raise ConflictError(
+                f"name: no version of {name!r} could be assigned in {_VERSION_ATTEMPTS} tries "
+                "(too many registrations at once); try again"
             )
-            session.add(row)
-            return _model_record(row)
 
         return self._transaction(work, write=True)
 
@@ -728,14 +868,20 @@ class Store:
 
         return self._transaction(work, write=False)
 
-    def list_models(self, job_id: str | None = None, limit: int = 50, offset: int = 0) -> list[ModelRecord]:
-        """Registered models, newest first, optionally only those of one job."""
+    def list_models(
+        self, job_id: str | None = None, limit: int = 50, offset: int = 0, *, name: str | None = None
+    ) -> list[ModelRecord]:
+        """Registered models, newest first, optionally only those of one job or of one name."""
         _page(limit, offset)
 
         def work(session: Session) -> list[ModelRecord]:
-            query = select(ModelArtifact).order_by(ModelArtifact.created_at.desc(), ModelArtifact.id)
+            query = select(ModelArtifact).order_by(
+                ModelArtifact.created_at.desc(), ModelArtifact.version.desc(), ModelArtifact.id
+            )
             if job_id is not None:
                 query = query.where(ModelArtifact.job_id == job_id)
+            if name is not None:
+                query = query.where(ModelArtifact.name == name)
             return [_model_record(row) for row in session.scalars(query.limit(limit).offset(offset))]
 
         return self._transaction(work, write=False)

@@ -12,9 +12,19 @@ from datetime import datetime
 from typing import Any
 
 from autocompress.errors import AutocompressError
-from autocompress.store import EventRecord, JobRecord, ModelRecord, NotFoundError, Store, TrialRecord
+from autocompress.store import (
+    EpochRecord,
+    EventRecord,
+    JobRecord,
+    ModelRecord,
+    NotFoundError,
+    Store,
+    TrialRecord,
+)
 
 __all__ = [
+    "curve_points",
+    "curve_view",
     "event_view",
     "job_summary",
     "job_view",
@@ -117,9 +127,10 @@ def pareto_view(trials: list[TrialRecord]) -> dict[str, Any]:
     }
 
 
-def trial_view(trial: TrialRecord) -> dict[str, Any]:
-    """One trial: its key, state, attempts, config (arch + policy), metrics, error and timings."""
-    return {
+def trial_view(trial: TrialRecord, curve: list[EpochRecord] | None = None) -> dict[str, Any]:
+    """One trial: its key, state, attempts, config (arch + policy), metrics, error and timings; with
+    ``curve``, its learning curve too (as :func:`curve_points`)."""
+    view: dict[str, Any] = {
         "id": trial.id,
         "trial_key": trial.trial_key,
         "status": trial.status.value,
@@ -131,6 +142,37 @@ def trial_view(trial: TrialRecord) -> dict[str, Any]:
         "finished_at": _iso(trial.finished_at),
         "seconds": trial.seconds,
     }
+    if curve is not None:
+        view["curve"] = curve_points(curve)
+    return view
+
+
+# the same for every point of a curve, so left out of each
+_CURVE_CONSTANTS = ("stage", "trial_id")
+
+
+def curve_points(curve: list[EpochRecord]) -> list[dict[str, Any]]:
+    """A learning curve as the API shows it: per epoch, in order, ``epoch`` and what that epoch
+    reported (``valid_auc``, ``train_loss``, ``valid_logloss``, ``lr``, ``seconds``, ...)."""
+    return [
+        {
+            **{k: v for k, v in point.metrics.items() if k not in _CURVE_CONSTANTS},
+            "epoch": point.epoch,
+            "attempt": point.attempt,
+        }
+        for point in curve
+    ]
+
+
+def curve_view(trial: TrialRecord, curve: list[EpochRecord]) -> dict[str, Any]:
+    """One trial's learning curve: which trial, its state, and its epochs in order."""
+    return {
+        "job_id": trial.job_id,
+        "trial_id": trial.id,
+        "trial_key": trial.trial_key,
+        "status": trial.status.value,
+        "epochs": curve_points(curve),
+    }
 
 
 def event_view(event: EventRecord) -> dict[str, Any]:
@@ -139,11 +181,13 @@ def event_view(event: EventRecord) -> dict[str, Any]:
 
 
 def model_summary(model: ModelRecord) -> dict[str, Any]:
-    """A model in a listing: identity, lineage ids and its headline metrics."""
+    """A model in a listing: identity (name and version), tags, lineage ids and its headline metrics."""
     metrics = model.metrics
     return {
         "id": model.id,
         "name": model.name,
+        "version": model.version,
+        "tags": model.tags,
         "job_id": model.job_id,
         "trial_id": model.trial_id,
         "created_at": _iso(model.created_at),

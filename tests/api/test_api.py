@@ -50,7 +50,7 @@ def test_openapi_health_and_search_spaces_are_served(api_factory, sqlite_url) ->
     assert "JobSpec" in openapi.json()["components"]["schemas"]  # the submit body is documented
 
     health = api.http.get("/healthz").json()
-    assert health == {"status": "ok", "database": "sqlite", "schema_revision": "0001", "launcher": None}
+    assert health == {"status": "ok", "database": "sqlite", "schema_revision": "0002", "launcher": None}
 
     spaces = {s["family"]: s for s in api.http.get("/v1/search-spaces").json()["search_spaces"]}
     assert {"dlrm", "deepfm", "dcn_v2", "two_tower", "din"} <= set(spaces)

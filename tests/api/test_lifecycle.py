@@ -181,8 +181,8 @@ def test_cancel_mid_search_after_a_restart_resumed_the_job_while_another_waits(
     trials = api.store.list_trials(orphan)
     assert trials and all(t.status.terminal for t in trials)
     assert any(t.status is TrialStatus.STOPPED for t in trials)  # stopped mid-search, not finished
-    # no winner registered: the result holds at most the budget the job resolved before the search
-    assert view["model_ids"] == [] and set(view["result"] or {}) <= {"budget"}
+    # no winner registered: the result holds at most the budget and schema recorded before the search
+    assert view["model_ids"] == [] and set(view["result"] or {}) <= {"budget", "feature_schema"}
 
     # the queued job runs next; the CLI cancels it
     _wait_for(api, queued, lambda v: v["status"] == "RUNNING", "the queued job to start", 60)

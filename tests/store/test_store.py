@@ -117,12 +117,12 @@ def test_migrations_create_the_tables_and_rerunning_them_changes_nothing(store_u
     from autocompress.store._orm import Base
 
     with Store(store_url) as first:
-        assert first.schema_revision() == "0001"
+        assert first.schema_revision() == "0002"
         job = first.create_job({"name": "kept"})
     assert _tables(store_url) >= TABLES
     with Store(store_url) as second:
         second.migrate()
-        assert second.schema_revision() == "0001"
+        assert second.schema_revision() == "0002"
         assert [j.id for j in second.list_jobs()] == [job.id]
     engine = sa.create_engine(store_url)
     try:
@@ -150,7 +150,7 @@ def test_two_processes_opening_a_fresh_database_at_once_both_succeed(store_url: 
     for thread in threads:
         thread.join()
     assert errors == []
-    assert opened == ["0001"] * 3
+    assert opened == ["0002"] * 3
 
 
 def test_a_pickled_store_reopens_the_same_database(store: Store) -> None:

@@ -81,14 +81,10 @@ def alias_history(records: list[DeploymentRecord]) -> list[dict[str, Any]]:
 
 
 def registry_overview(store: Store) -> dict[str, Any]:
-    """Registered models with their version (the n-th registration of their name) and the aliases
-    serving them; every endpoint alias with the model it serves now and its history."""
-    models = sorted(_all_models(store), key=lambda m: (m.created_at, m.id))
-    versions: dict[str, int] = {}
-    rows: dict[str, dict[str, Any]] = {}
-    for model in models:
-        versions[model.name] = versions.get(model.name, 0) + 1
-        rows[model.id] = {**model_summary(model), "version": versions[model.name], "aliases": []}
+    """Registered models with their name and version and the aliases serving them, newest first;
+    every endpoint alias with the model it serves now and its history."""
+    models = sorted(_all_models(store), key=lambda m: (m.created_at, m.version, m.id))
+    rows = {model.id: {**model_summary(model), "aliases": []} for model in models}
     endpoints = []
     for alias in store.list_aliases():
         records = store.deployment_history(alias)

@@ -1,5 +1,5 @@
-"""Job routes (``/v1/jobs``): submit, list, watch, cancel and delete searches; their trials, Pareto
-front, report and log.
+"""Job routes (``/v1/jobs``): submit, list, watch, cancel and delete searches; their trials (with
+learning curves), Pareto front, report and log; register any finished trial as a model.
 
 Routes read and write the store and return at once; the launcher, woken after a submit or a
 cancel, starts and stops the search drivers.
@@ -14,16 +14,31 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from autocompress.job import JobSpec
+from autocompress.serving import MODEL_NAME_PATTERN, register_trial
 from autocompress.store import ConflictError, JobStatus, NotFoundError, TrialStatus
 from serve_app.api.dependencies import SettingsDep, StoreDep
 from serve_app.api.errors import error_responses
 from serve_app.api.paths import inside
 from serve_app.api.routes.paging import MAX_DB_INTEGER, PageLimit, PageOffset
 from serve_app.api.spec_checks import checked_spec
-from serve_app.api.views import event_view, job_summary, job_view, pareto_view, trial_view
+from serve_app.api.views import (
+    curve_view,
+    event_view,
+    job_summary,
+    job_view,
+    model_view,
+    pareto_view,
+    trial_view,
+)
 from serve_app.launcher import JobLauncher
 
-__all__ = ["CANCELLED_BY_PATTERN", "IDEMPOTENCY_KEY_PATTERN", "CancelRequest", "jobs_router"]
+__all__ = [
+    "CANCELLED_BY_PATTERN",
+    "IDEMPOTENCY_KEY_PATTERN",
+    "CancelRequest",
+    "RegisterTrialRequest",
+    "jobs_router",
+]
 
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
 CANCELLED_BY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,99}$"
@@ -37,6 +52,23 @@ class CancelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     by: str = Field(default="api", pattern=CANCELLED_BY_PATTERN)
+
+
+class RegisterTrialRequest(BaseModel):
+    """The model a trial becomes: its name (default: the job's name and family, ``ranking-dlrm``) and
+    tags, as ``{"key": "value"}`` or a list of ``"key=value"`` (a bare ``"key"`` has the value "")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, pattern=MODEL_NAME_PATTERN)
+    tags: dict[str, str] | list[str] = Field(default_factory=dict)
+
+    def tag_map(self) -> dict[str, str]:
+        """The tags as one mapping (the store checks keys and values, naming a bad one)."""
+        if isinstance(self.tags, dict):
+            return self.tags
+        pairs = [tag.partition("=") for tag in self.tags]
+        return {key: value for key, _, value in pairs}
 
 
 def _wake_launcher(request: Request) -> None:
@@ -103,9 +135,53 @@ def list_trials(
     job_id: str,
     store: StoreDep,
     status: Annotated[TrialStatus | None, Query(description="only trials in this state")] = None,
+    curves: Annotated[
+        bool, Query(description="add each trial's learning curve (its per-epoch reports) as `curve`")
+    ] = False,
 ) -> dict[str, Any]:
     """The job's trials in Tune's order: config (arch + policy), metrics, state and error."""
-    return {"trials": [trial_view(t) for t in store.list_trials(job_id, status)]}
+    trials = store.list_trials(job_id, status)
+    if not curves:
+        return {"trials": [trial_view(t) for t in trials]}
+    by_trial = store.job_curves(job_id)
+    return {"trials": [trial_view(t, by_trial.get(t.id, [])) for t in trials]}
+
+
+@jobs_router.get("/{job_id}/trials/{trial}/curve", responses=error_responses(404))
+def trial_curve(job_id: str, trial: str, store: StoreDep) -> dict[str, Any]:
+    """A trial's learning curve (``trial``: its key or id): every per-epoch report in epoch order,
+    each with ``epoch``, ``valid_auc``, ``train_loss`` and the rest of what the epoch reported."""
+    record, curve = store.trial_curve(job_id, trial)
+    return curve_view(record, curve)
+
+
+@jobs_router.post(
+    "/{job_id}/trials/{trial}/register", status_code=201, responses=error_responses(400, 404, 409)
+)
+def register_job_trial(
+    job_id: str,
+    trial: str,
+    response: Response,
+    store: StoreDep,
+    settings: SettingsDep,
+    body: Annotated[RegisterTrialRequest | None, Body()] = None,
+) -> dict[str, Any]:
+    """Register a finished trial (``trial``: its key or id) as the next version of a model, on the
+    Pareto front or not. 404: no such job or trial; 409: the trial has not finished (COMPLETED with
+    its final report) or has no ONNX file; 422: a bad name or tag. Returns the model."""
+    body = body or RegisterTrialRequest()
+    job = store.get_job(job_id)
+    model = register_trial(
+        store,
+        job.id,
+        trial,
+        settings.work_dir / job.id,
+        name=body.name,
+        tags=body.tag_map(),
+        artifact_root=settings.work_dir,
+    )
+    response.headers["Location"] = f"/v1/models/{model.id}"
+    return model_view(store, model)
 
 
 @jobs_router.get("/{job_id}/pareto", responses=error_responses(404))

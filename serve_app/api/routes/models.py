@@ -1,4 +1,6 @@
-"""Registered-model routes (``/v1/models``): list them, read one with its lineage, download its ONNX file.
+"""Registered-model routes (``/v1/models``): list them (by job or name), read one with its version,
+tags and lineage, download its ONNX file. Registering a trial is a job route
+(``POST /v1/jobs/{id}/trials/{trial}/register``).
 
 Predicting, ranking and deploying are the serving routes' (``serve_app.inference``), which join
 the same app under the same prefix.
@@ -28,11 +30,12 @@ models_router = APIRouter(prefix="/v1/models", tags=["models"])
 def list_models(
     store: StoreDep,
     job_id: Annotated[str | None, Query(description="only the models of this job")] = None,
+    name: Annotated[str | None, Query(description="only the versions of this model name")] = None,
     limit: PageLimit = 50,
     offset: PageOffset = 0,
 ) -> dict[str, Any]:
-    """Registered models, newest first."""
-    models = store.list_models(job_id=job_id, limit=limit, offset=offset)
+    """Registered models (name, version, tags, lineage, headline metrics), newest first."""
+    models = store.list_models(job_id=job_id, limit=limit, offset=offset, name=name)
     return {"models": [model_summary(m) for m in models], "limit": limit, "offset": offset}
 
 

@@ -185,18 +185,24 @@
     };
   }
 
+  // the stored learning curves: every per-epoch report, from /trials?curves=true
   function curvesFigure(trials) {
-    const histories = trials.filter((t) => Array.isArray(t.metrics.history) && t.metrics.history.length);
+    const histories = trials.filter((t) => Array.isArray(t.curve) && t.curve.some((e) => isNumber(e.valid_auc)));
     const layout = {
       margin: { l: 60, r: 16, t: 8, b: 44 }, uirevision: jobId,
       xaxis: { title: { text: "epoch" }, dtick: 1 }, yaxis: { title: { text: "valid AUC" } }, legend: { orientation: "h", y: -0.2 },
     };
     if (histories.length) {
       return {
-        data: histories.map((t) => ({
-          type: "scatter", mode: "lines+markers", name: t.trial_key, meta: { role: "curve" },
-          x: t.metrics.history.map((e) => e.epoch), y: t.metrics.history.map((e) => e.valid_auc),
-        })),
+        data: histories.map((t) => {
+          const points = t.curve.filter((e) => isNumber(e.valid_auc));
+          return {
+            type: "scatter", mode: "lines+markers", name: t.trial_key, meta: { role: "curve", trial: t.trial_key },
+            x: points.map((e) => e.epoch), y: points.map((e) => e.valid_auc),
+            text: points.map((e) => (isNumber(e.train_loss) ? `train loss ${fmt(e.train_loss, 4)}` : "")),
+            hovertemplate: `${t.trial_key}: epoch %{x}, valid AUC %{y:.4f}<br>%{text}<extra></extra>`,
+          };
+        }),
         layout, note: null,
       };
     }
@@ -215,7 +221,7 @@
         marker: { color: points.map((p) => (p.final ? "#2f6fb3" : "#dd6b20")), size: 9 },
       }],
       layout,
-      note: "Per-epoch history is not stored for these trials: each point is one trial's last reported epoch "
+      note: "No learning curve is stored for these trials (recorded before curves were kept): each point is one trial's last reported epoch "
         + "(orange: still training or stopped) or its best epoch (blue: finished).",
     };
   }
@@ -313,7 +319,7 @@
 
   async function refresh() {
     const [job, trials, pareto] = await Promise.all([
-      AC.getJSON(base), AC.getJSON(`${base}/trials`), AC.getJSON(`${base}/pareto`),
+      AC.getJSON(base), AC.getJSON(`${base}/trials?curves=true`), AC.getJSON(`${base}/pareto`),
     ]);
     facts(job);
     const key = JSON.stringify([trials, pareto, job.budget_resolved, job.result && job.result.budget]);
