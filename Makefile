@@ -78,7 +78,7 @@ lock:
 	$(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools wheel
 	$(LOCK_VENV)/bin/python -m pip install --quiet "torch==2.13.*"
-	$(LOCK_VENV)/bin/python -m pip install --quiet -e ".[dev,postgres]"
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e ".[dev,postgres,mlflow]"
 	$(LOCK_VENV)/bin/python -m pip check
 	{ echo "# The lock file: every package of .venv, direct and transitive, written by \`make lock\`; do not edit."; \
 	  echo "# Installed with --no-deps by \`make install\`; tests/test_lock.py checks .venv against it."; \

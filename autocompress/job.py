@@ -11,12 +11,13 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from autocompress.data.registry import DatasetSpec
 from autocompress.errors import AutocompressError
 from autocompress.search.budget import Budget
 from autocompress.spec import SearchSettings, SpecModel, Target
+from autocompress.tracking import TrackingSettings
 
 JOB_SPEC_VERSION: Literal[1] = 1
 # the job `make run` (`autocompress run`) runs; shipped in the package, like the search spaces
@@ -42,6 +43,7 @@ class JobSpec(SpecModel):
     train: dict[str, Any] = Field(default_factory=dict)
     distill: bool = True
     deploy: bool = False
+    tracking: TrackingSettings | None = None  # MLflow: each trial a run, the winner a model
 
     @field_validator("family")
     @classmethod
@@ -59,6 +61,18 @@ class JobSpec(SpecModel):
 
         TrainConfig.from_dict(value)  # refuses unknown fields and bad values, naming them
         return value
+
+    @model_validator(mode="after")
+    def _two_stage_family(self) -> JobSpec:
+        if self.search.strategy == "two_stage":
+            from autocompress.supernet.elastic import SUPERNET_FAMILIES  # imports torch: only here
+
+            if self.family not in SUPERNET_FAMILIES:
+                raise ValueError(
+                    f"search.strategy 'two_stage' needs an elastic supernet of the family; family "
+                    f"{self.family!r} has none (two_stage families: {list(SUPERNET_FAMILIES)})"
+                )
+        return self
 
     def train_config(self) -> Any:
         """The TrainConfig of the reference and the trials."""

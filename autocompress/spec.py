@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, get_args
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -42,24 +42,36 @@ class SpecModel(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise AutocompressError(
-                _describe(exc, where or cls.__name__.lower(), sorted(cls.model_fields))
-            ) from None
+            raise AutocompressError(_describe(exc, where or cls.__name__.lower(), cls)) from None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (what the database stores and ``from_dict`` reads back)."""
         return self.model_dump(mode="json")
 
 
-def _describe(exc: ValidationError, where: str, allowed: list[str]) -> str:
+def _describe(exc: ValidationError, where: str, model: type[BaseModel]) -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in (where, *err["loc"]))
         if err["type"] == "extra_forbidden":
-            lines.append(f"{loc}: unknown field; allowed: {allowed}")
+            lines.append(f"{loc}: unknown field; allowed: {_fields_at(model, err['loc'][:-1])}")
         else:
             lines.append(f"{loc}: {err['msg']} (got {err['input']!r})")
     return "; ".join(lines)
+
+
+def _fields_at(model: type[BaseModel], path: tuple[int | str, ...]) -> list[str]:
+    """The fields of the spec model nested at ``path`` (e.g. ``search.two_stage``) inside ``model``."""
+    for part in path:
+        info = model.model_fields.get(str(part))
+        if info is None:
+            break
+        kinds = (info.annotation, *get_args(info.annotation))
+        nested = next((t for t in kinds if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        if nested is None:
+            break
+        model = nested
+    return sorted(model.model_fields)
 
 
 class Target(SpecModel):
@@ -175,6 +187,38 @@ class LatencyModelSettings(SpecModel):
     cache_dir: str | None = Field(default=None, min_length=1)
 
 
+SearchStrategy = Literal["per_trial", "two_stage"]
+
+
+class TwoStageSettings(SpecModel):
+    """The two-stage search (``search.strategy: two_stage``; ``autocompress.engine.two_stage``).
+
+    Stage 0 trains one weight-sharing supernet of the space for ``supernet_epochs`` (sandwich rule,
+    distilled from the reference). Stage 1 scores ``candidates`` candidates, ``candidates_per_trial``
+    per Tune trial, on the supernet's inherited weights with the post-training part of their policy,
+    valid AUC on the first ``valid_sample_rows`` validation rows. Stage 2 trains the ``top_k`` best
+    of stage 1's Pareto front from their inherited weights for ``finetune_epochs`` (at a tenth of
+    the learning rate) with their whole policy, as a per-trial search trains a candidate; the
+    winner comes from stage 2 only.
+    """
+
+    supernet_epochs: int = Field(default=3, ge=1)
+    candidates: int = Field(default=300, ge=1)
+    candidates_per_trial: int = Field(default=25, ge=1)
+    top_k: int = Field(default=4, ge=1)
+    valid_sample_rows: int = Field(default=20_000, ge=100)
+    finetune_epochs: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _top_k_within_candidates(self) -> Self:
+        if self.top_k > self.candidates:
+            raise ValueError(
+                f"top_k ({self.top_k}) must be at most candidates ({self.candidates}): stage 2 takes "
+                "its candidates from stage 1's"
+            )
+        return self
+
+
 class SearchSettings(SpecModel):
     """How a job searches: the searcher by name, the trial budget, resources per trial, retries, storage.
 
@@ -186,6 +230,9 @@ class SearchSettings(SpecModel):
     ``s3://bucket/prefix?endpoint_override=host:9000&scheme=http``), credentials coming from the
     environment; ``max_failures`` retries a crashed trial that many times; ``latency_model``
     skips candidates predicted far over the latency budget (``LatencyModelSettings``).
+    ``strategy``: ``per_trial`` trains every candidate from scratch in its own trial
+    (``num_trials`` of them); ``two_stage`` scores many candidates on a supernet's shared weights
+    and trains only the best (``two_stage``: ``TwoStageSettings``; ``num_trials`` is unused).
     """
 
     searcher: Searcher = "tpe"
@@ -199,6 +246,8 @@ class SearchSettings(SpecModel):
     seed: int = 0
     metric: Literal["valid_auc"] = "valid_auc"
     latency_model: LatencyModelSettings = Field(default_factory=LatencyModelSettings)
+    strategy: SearchStrategy = "per_trial"
+    two_stage: TwoStageSettings = Field(default_factory=TwoStageSettings)
 
     @field_validator("storage_path")
     @classmethod
@@ -227,6 +276,15 @@ class SearchSettings(SpecModel):
                 "(e.g. AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _asha_per_trial(self) -> Self:
+        if self.asha and self.strategy == "two_stage":
+            raise ValueError(
+                "asha stops trials between training epochs: it applies to strategy 'per_trial' only, "
+                "got strategy 'two_stage'"
+            )
+        return self
 
     @model_validator(mode="after")
     def _asha_single_objective(self) -> Self:

@@ -30,7 +30,13 @@ def _locked(lock: Path = LOCK) -> dict[str, str]:
 def test_the_lock_pins_every_direct_dependency_within_pyproject_ranges() -> None:
     from packaging.requirements import Requirement
 
-    locks = {"": _locked(), "dev": _locked(), "postgres": _locked(), "nni": _locked(NNI_LOCK)}
+    locks = {
+        "": _locked(),
+        "dev": _locked(),
+        "postgres": _locked(),
+        "mlflow": _locked(),
+        "nni": _locked(NNI_LOCK),
+    }
     declared = metadata.requires("autocompress") or []
     for text in declared:
         req = Requirement(text)

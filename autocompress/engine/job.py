@@ -104,6 +104,7 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
     from autocompress.search.space import load_search_space
     from autocompress.serving import FeatureEncoders, register_trial
     from autocompress.store import JobStatus, TrialStatus
+    from autocompress.tracking import log_job_result
 
     try:
         work.mkdir(parents=True, exist_ok=True)
@@ -154,17 +155,36 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
         cache_dir=work / "latency-cache",
         reference_size_bytes=onnx_size_bytes(reference.onnx_path),
     )
-    store.add_event(job_id, "log", f"searching {space.name} with {spec.search.searcher}")
-    run_search(
-        space,
-        spec.search,
-        shared,
-        store=store,
-        job_id=job_id,
-        name=job_id,
-        train_config=train_config,
-        distill=spec.distill,
+    store.add_event(
+        job_id, "log", f"searching {space.name} with {spec.search.searcher} ({spec.search.strategy})"
     )
+    if spec.search.strategy == "two_stage":  # the winner comes from stage 2 (``finished_candidates``)
+        from autocompress.engine.two_stage import SUPERNET_FILE, run_two_stage
+
+        run_two_stage(
+            space,
+            spec.search,
+            shared,
+            store=store,
+            job_id=job_id,
+            name=job_id,
+            supernet_path=work / SUPERNET_FILE,
+            train_config=train_config,
+            distill=spec.distill,
+            tracking=spec.tracking,
+        )
+    else:
+        run_search(
+            space,
+            spec.search,
+            shared,
+            store=store,
+            job_id=job_id,
+            name=job_id,
+            train_config=train_config,
+            distill=spec.distill,
+            tracking=spec.tracking,
+        )
     finished = finished_candidates(store.list_trials(job_id))
     store.add_event(job_id, "log", f"measuring the latency of {len(finished)} finished candidates again")
     finished = remeasure_latency(finished, dataset, target, budget, shared.cache_dir)
@@ -210,6 +230,7 @@ def _search_job(spec: Any, store: Any, work: Path, job_id: str) -> JobResult:
             feature_schema=feature_schema,
             metrics={"test": {k: v for k, v in (winner_row or {}).items() if k != "name"}},
         ).id
+    log_job_result(spec.tracking, store, job_id, rows, selection, files=(report, plot))
     return JobResult(
         job_id=job_id,
         status="SUCCEEDED",

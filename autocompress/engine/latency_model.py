@@ -203,11 +203,12 @@ def _dlrm(schema: FeatureSchema, arch: Any) -> Inventory:
 def _din(schema: FeatureSchema, arch: Any) -> Inventory:
     dim = arch.embedding_dim
     history = next(s for s in schema.sequence if arch.history in (None, s.name))
+    length = min(history.max_len, arch.history_length or history.max_len)  # the positions attended to
     candidate = schema.sparse_feature(history.shares_embedding_with)
     ids = [*(f.name for f in schema.sparse), *(s.name for s in schema.sequence)]
     other = [n for n in ids if n not in (history.name, candidate.name)]
     lookups = [
-        Lookup(history.name, candidate.name, history.max_len, False),
+        Lookup(history.name, candidate.name, length, False),
         Lookup(candidate.name, candidate.name, candidate.max_len, candidate.multi_hot),
     ]
     for name in other:
@@ -218,9 +219,9 @@ def _din(schema: FeatureSchema, arch: Any) -> Inventory:
             feature = schema.sparse_feature(name)
             lookups.append(Lookup(name, name, feature.max_len, feature.multi_hot))
     linears: dict[str, Linear] = {}
-    _mlp(linears, "attention", 4 * dim, arch.attention_mlp, 1, rows=history.max_len)
+    _mlp(linears, "attention", 4 * dim, arch.attention_mlp, 1, rows=length)
     _mlp(linears, "mlp", 2 * dim + len(other) * dim + len(schema.dense), arch.mlp, 1)
-    extras = {"attention": float(history.max_len * 4 * dim)}
+    extras = {"attention": float(length * 4 * dim)}
     return Inventory("din", dim, linears, _tables(schema, dim, arch.embedding_dims), lookups, extras)
 
 

@@ -6,6 +6,10 @@ COMPLETED / STOPPED / SKIPPED / FAILED (with the error text) when it ends. Rows 
 ``(job_id, Tune trial id)`` and ``Store.record_trial`` upserts, so a run resumed with
 ``Tuner.restore`` never records a trial twice. A failed store write is logged, never raised: the
 search goes on and the next write of the trial brings its row up to date.
+
+A two-stage search records its stages apart: ``CandidateRecorder`` writes every candidate a stage-1
+trial scores as a row of its own (config ``stage: 1``), and stage 2's ``TrialRecorder(stage=2)``
+marks its trials (config ``stage: 2``); both put the stage into the metrics as ``search_stage``.
 """
 
 from __future__ import annotations
@@ -134,7 +138,9 @@ class TrialRecorder(Callback):
     config; ``on_trial_result`` -> RUNNING with the latest metrics (a per-epoch report, stage
     ``train``, also into the learning curve under its ``epoch``); ``on_trial_recover`` ->
     PENDING with the error (the retry's start counts a new attempt); ``on_trial_complete`` ->
-    COMPLETED, SKIPPED or STOPPED; ``on_trial_error`` -> FAILED with the error text.
+    COMPLETED, SKIPPED or STOPPED; ``on_trial_error`` -> FAILED with the error text. With
+    ``stage`` (a two-stage search's stage 2) every config holds ``stage`` and every metrics dict
+    ``search_stage``.
     """
 
     def __init__(
@@ -144,14 +150,21 @@ class TrialRecorder(Callback):
         space: SearchSpace,
         train_config: TrainConfig,
         distill: bool = False,
+        stage: int | None = None,
     ) -> None:
         self.store = store
         self.job_id = job_id
         self.space = space
         self.train_config = train_config
         self.distill = distill
+        self.stage = stage
 
     def _record(self, trial: Trial, status: TrialStatus, **fields: Any) -> None:
+        if self.stage is not None:  # a two-stage search's stage: in the config and the metrics
+            if fields.get("config") is not None:
+                fields["config"] = {**fields["config"], "stage": self.stage}
+            if fields.get("metrics") is not None:
+                fields["metrics"] = {**fields["metrics"], "search_stage": self.stage}
         try:
             self.store.record_trial(self.job_id, trial.trial_id, status, **fields)
         except Exception:  # the search must outlive a store hiccup; the next write catches up
@@ -191,3 +204,106 @@ class TrialRecorder(Callback):
         error = trial_error_text(trial)
         self._record(trial, TrialStatus.FAILED, metrics=trial_metrics(trial.last_result), error=error)
         self._event(f"trial {trial.trial_id} failed: {error.strip().splitlines()[-1] if error else ''}")
+
+
+# What a stage-1 candidate's report ends with, as the status of its row.
+CANDIDATE_STATUS = {
+    "final": TrialStatus.COMPLETED,
+    "skipped": TrialStatus.SKIPPED,
+    "failed": TrialStatus.FAILED,
+}
+
+
+def candidate_key(trial_id: str, index: int) -> str:
+    """The store key of the ``index``-th candidate a stage-1 trial scores: ``<Tune trial id>-<index>``."""
+    return f"{trial_id}-{index:03d}"
+
+
+class CandidateRecorder(Callback):
+    """Records every candidate of a two-stage search's stage 1 as a trial row of its own.
+
+    A stage-1 Tune trial scores a batch of candidates (``autocompress.engine.explore``), reporting
+    each as one result with its index as ``candidate``. Life cycle: ``on_trial_start`` -> every
+    candidate of the batch PENDING, with its decoded config and ``stage: 1``;
+    ``on_trial_result`` -> that candidate COMPLETED, SKIPPED or FAILED (``CANDIDATE_STATUS``) with
+    its metrics; ``on_trial_error`` -> the candidates the trial never reported FAILED with its
+    error; ``on_trial_complete`` -> those STOPPED (a cancelled job), and an event counting the batch.
+    A retried or restored trial scores its batch again; the rows are upserted by key.
+    """
+
+    STAGE = 1
+
+    def __init__(
+        self, store: Store, job_id: str, space: SearchSpace, train_config: TrainConfig, distill: bool = False
+    ) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.space = space
+        self.train_config = train_config
+        self.distill = distill
+        self._reported: dict[str, dict[int, TrialStatus]] = {}
+
+    def _record(self, key: str, status: TrialStatus, **fields: Any) -> None:
+        try:
+            self.store.record_trial(self.job_id, key, status, **fields)
+        except Exception:  # the search must outlive a store hiccup
+            logger.exception("could not record candidate %s of job %s as %s", key, self.job_id, status)
+
+    def _event(self, message: str) -> None:
+        try:
+            self.store.add_event(self.job_id, "trial", message)
+        except Exception:
+            logger.exception("could not log an event of job %s: %s", self.job_id, message)
+
+    @staticmethod
+    def _batch(trial: Trial) -> list[Mapping[str, Any]]:
+        candidates = (trial.config or {}).get("candidates")
+        return list(candidates) if isinstance(candidates, list) else []
+
+    def _unreported(self, trial: Trial) -> list[int]:
+        reported = self._reported.get(trial.trial_id, {})
+        return [i for i in range(len(self._batch(trial))) if i not in reported]
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._reported[trial.trial_id] = {}
+        for index, sampled in enumerate(self._batch(trial)):
+            config = trial_config(self.space, sampled, self.train_config, self.distill)
+            self._record(
+                candidate_key(trial.trial_id, index),
+                TrialStatus.PENDING,
+                config={**config, "stage": self.STAGE},
+            )
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
+    ) -> None:
+        index = result.get("candidate")
+        status = CANDIDATE_STATUS.get(str(result.get("stage")))
+        if isinstance(index, bool) or not isinstance(index, int) or status is None:
+            return
+        metrics = {k: v for k, v in trial_metrics(result).items() if k != "candidate"}
+        self._record(
+            candidate_key(trial.trial_id, index),
+            status,
+            metrics={**metrics, "search_stage": self.STAGE},
+            error=result.get("error") if status is TrialStatus.FAILED else None,
+            seconds=result.get("seconds_total"),
+        )
+        self._reported.setdefault(trial.trial_id, {})[index] = status
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        error = trial_error_text(trial)
+        for index in self._unreported(trial):
+            self._record(candidate_key(trial.trial_id, index), TrialStatus.FAILED, error=error)
+        self._event(
+            f"stage 1: trial {trial.trial_id} failed: {error.strip().splitlines()[-1] if error else ''}"
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        for index in self._unreported(trial):
+            self._record(candidate_key(trial.trial_id, index), TrialStatus.STOPPED)
+        counts: dict[str, int] = {}
+        for status in self._reported.pop(trial.trial_id, {}).values():
+            counts[status.value.lower()] = counts.get(status.value.lower(), 0) + 1
+        told = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "none scored"
+        self._event(f"stage 1: trial {trial.trial_id} scored {len(self._batch(trial))} candidates ({told})")

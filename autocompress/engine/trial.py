@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from autocompress.engine.latency_model import LatencyModel, LatencyPrediction
+    from autocompress.supernet import Supernet
     from autocompress.train import EpochReport
 
 TRIAL_SPEC_VERSION = 1
@@ -171,7 +172,8 @@ class SharedResources:
     ``work_dir/<trial_id>``; latency results are cached (and measurements serialised) in
     ``cache_dir``. With ``latency_model`` (fitted for this target, at the budget's batch size),
     every trial is predicted before it is built, and one predicted over the latency budget by more
-    than ``skip_margin`` is skipped.
+    than ``skip_margin`` is skipped. With ``supernet`` (stage 2 of a two-stage search) a trial starts
+    from its sub-network's trained weights (``Supernet.extract``) instead of a fresh model.
     """
 
     dataset: Dataset
@@ -184,6 +186,7 @@ class SharedResources:
     reference_size_bytes: int | None = None
     latency_model: LatencyModel | None = None
     skip_margin: float = 0.25
+    supernet: Supernet | None = None
 
     def __post_init__(self) -> None:
         self.work_dir = Path(self.work_dir)
@@ -245,7 +248,8 @@ def run_trial(spec: TrialSpec, shared: SharedResources, report: Report | None = 
     """Run one candidate through the whole pipeline and return (and report) its final metrics.
 
     (with a latency model: predict its latency, and skip it when far over the budget) -> build(arch)
-    -> train on labels, or distil from ``shared.teacher`` -> ``apply_policy`` (torch-level
+    (or slice it out of ``shared.supernet`` with its trained weights) -> train on labels, or distil
+    from ``shared.teacher`` -> ``apply_policy`` (torch-level
     techniques, fine-tune, export, ONNX-level techniques) -> quality on the valid split from ONNX
     Runtime -> latency via ``measure_on_target`` -> size -> ``shared.budget.check``. ``report`` gets
     one dict per epoch and one final dict, or the one skipped dict (see the module docstring);
@@ -258,7 +262,7 @@ def run_trial(spec: TrialSpec, shared: SharedResources, report: Report | None = 
     from autocompress.measure.evaluation import onnx_logits, quality_report
     from autocompress.measure.latency_cache import cached_latency, latency_cache_key
     from autocompress.measure.placement import current_node_id, measure_on_target, runnable_here
-    from autocompress.models import build
+    from autocompress.models import build, load_arch
     from autocompress.techniques import TechniqueContext, apply_policy
     from autocompress.train import fit
 
@@ -310,7 +314,10 @@ def run_trial(spec: TrialSpec, shared: SharedResources, report: Report | None = 
         return stop
 
     t0 = time.perf_counter()
-    model = build(spec.family, data.schema, spec.arch, seed=spec.train_config.seed)
+    if shared.supernet is None:
+        model = build(spec.family, data.schema, spec.arch, seed=spec.train_config.seed)
+    else:
+        model = shared.supernet.extract(load_arch(spec.arch)).train()
     trained = fit(
         model,
         data.train,

@@ -29,7 +29,7 @@ import functools
 import json
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +37,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 from autocompress.engine.cancel import CancelStopper, raise_if_cancelled
 from autocompress.engine.recording import TrialRecorder, finished_status, trial_metrics
+from autocompress.engine.tracking import tracking_callbacks
 from autocompress.engine.trial import SharedResources
 from autocompress.errors import AutocompressError
 from autocompress.search.space import SearchSpace
 from autocompress.spec import MULTI_OBJECTIVE_SEARCHERS, SearchSettings, storage_uri_scheme
 from autocompress.store import Store, TrialStatus
+from autocompress.tracking import TrackingSettings
 from autocompress.train.config import TrainConfig
 
 # Tune's searchers (Searcher or SearchAlgorithm subclasses); Ray ships without type stubs.
@@ -358,6 +360,9 @@ def run_search(
     train_config: TrainConfig | None = None,
     distill: bool = False,
     resume: bool = True,
+    tracking: TrackingSettings | None = None,
+    points: Sequence[Mapping[str, Any]] | None = None,
+    stage: int | None = None,
 ) -> SearchOutcome:
     """Search ``space`` with Ray Tune as ``settings`` say, recording every trial of ``job_id`` in ``store``.
 
@@ -365,7 +370,10 @@ def run_search(
     with ``resume`` an earlier run of that name (of the same job) is picked up with ``Tuner.restore``:
     unfinished trials rerun, finished ones are kept and not recorded again. A run folder of another
     job is refused. With ``settings.latency_model.enabled`` the latency model is fitted (or loaded)
-    first (``attach_latency_model``). Returns every trial.
+    first (``attach_latency_model``). With ``tracking``, every trial is logged into MLflow too
+    (``autocompress.engine.tracking``). With ``points`` (sampled flat configs) exactly those
+    candidates are trained, one trial each, instead of a search; ``stage`` marks the trials as a
+    two-stage search's (``TrialRecorder``). Returns every trial.
     """
     from ray import tune
 
@@ -377,7 +385,12 @@ def run_search(
     location = TuneRunLocation(settings.storage_path or shared.work_dir / "tune", name)
     experiment = location.experiment
     multi_objective = settings.searcher in MULTI_OBJECTIVE_SEARCHERS
-    searcher = make_searcher(settings)
+    if points is None:
+        searcher, num_samples = make_searcher(settings), settings.num_trials
+    else:
+        from autocompress.engine.searchers import GivenConfigs
+
+        searcher, num_samples = GivenConfigs([dict(p) for p in points]), len(points)
 
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -390,7 +403,7 @@ def run_search(
         ),
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
     )
-    recorder = TrialRecorder(store, job_id, space, train_config, distill)
+    recorder = TrialRecorder(store, job_id, space, train_config, distill, stage=stage)
     exists, owner = location.owner()
     if exists and owner != job_id:
         # a restored run records into the job it was started for: never mix two jobs' trials
@@ -410,14 +423,17 @@ def run_search(
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
                 scheduler=make_scheduler(settings, train_config),
-                num_samples=settings.num_trials,
+                num_samples=num_samples,
                 max_concurrent_trials=None if settings.searcher == "random" else settings.max_concurrent,
             ),
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=location.storage,
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                callbacks=[recorder],
+                callbacks=[
+                    recorder,
+                    *tracking_callbacks(tracking, store, job_id, space, train_config, distill),
+                ],
                 stop=CancelStopper(store, job_id),
                 verbose=0,
             ),

@@ -17,10 +17,14 @@ from autocompress.models.layers import MLP, FeatureEmbeddings, stack_dense
 
 @dataclass(frozen=True, kw_only=True)
 class DINArch(ArchConfig):
-    """DIN architecture: attention MLP widths, output MLP widths, and which sequence is the history.
+    """DIN architecture: attention MLP widths, output MLP widths, which sequence is the history and
+    how much of it the attention reads.
 
     ``history`` names the behaviour sequence feature (default: the schema's first sequence); the
     candidate item is the sparse feature that sequence shares its embedding table with.
+    ``history_length`` attends over the last L positions only (the most recent ones: the data
+    pipeline pads on the left); None reads the whole ``max_len``. The model's input keeps the
+    schema's full length either way, so a model with a shorter history serves the same requests.
     """
 
     family: ClassVar[str] = "din"
@@ -29,6 +33,7 @@ class DINArch(ArchConfig):
     attention_mlp: tuple[int, ...] = (80, 40)
     mlp: tuple[int, ...] = (200, 80)
     history: str | None = None
+    history_length: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -38,6 +43,8 @@ class DINArch(ArchConfig):
             raise AutocompressError(
                 f"din arch: history must be a sequence feature name or null, got {self.history!r}"
             )
+        if self.history_length is not None:
+            self._check_positive_int("history_length")
 
     def check_schema(self, schema: FeatureSchema) -> None:
         super().check_schema(schema)
@@ -52,6 +59,12 @@ class DINArch(ArchConfig):
                 f"din arch: history {self.history!r} is not a sequence feature of the schema "
                 f"(sequence features: {names})"
             )
+        history = next(s for s in schema.sequence if self.history in (None, s.name))
+        if self.history_length is not None and self.history_length > history.max_len:
+            raise AutocompressError(
+                f"din arch: history_length {self.history_length} is longer than the history "
+                f"{history.name!r} (allowed: 1..{history.max_len}, its max_len, or null)"
+            )
 
 
 class DIN(RankingModel):
@@ -59,7 +72,8 @@ class DIN(RankingModel):
 
     The attention unit scores each history item against the candidate from
     ``[candidate, item, candidate - item, candidate * item]``; the weighted history, the candidate
-    and all other features (pooled ids, dense values) go through the output MLP.
+    and all other features (pooled ids, dense values) go through the output MLP. With
+    ``arch.history_length`` L it reads the last L positions of the (full-length) history input.
     """
 
     family: ClassVar[str] = "din"
@@ -69,6 +83,7 @@ class DIN(RankingModel):
         dim = arch.embedding_dim
         history = next(s for s in schema.sequence if arch.history in (None, s.name))
         self.history = history.name
+        self.history_length = arch.history_length
         self.candidate = history.shares_embedding_with
         self.other_ids = [n for n in self.id_names if n not in (self.history, self.candidate)]
         self.embeddings = FeatureEmbeddings(schema, dim, arch.embedding_dims)
@@ -77,6 +92,8 @@ class DIN(RankingModel):
         self.mlp = MLP(mlp_in, arch.mlp, out_dim=1)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        if self.history_length is not None:  # the most recent positions: sequences are padded on the left
+            batch = {**batch, self.history: batch[self.history][:, -self.history_length :]}
         keys, mask = self.embeddings.sequence(batch, self.history)
         candidate = self.embeddings.pooled(batch, self.candidate)
         query = candidate.unsqueeze(1).expand_as(keys)

@@ -57,18 +57,22 @@ class Candidate:
         return no_worse and better
 
 
-def finished_candidates(trials: Iterable[TrialRecord]) -> list[Candidate]:
+def finished_candidates(trials: Iterable[TrialRecord], stage: int | None = None) -> list[Candidate]:
     """What a front and a winner are chosen from: the trials COMPLETED with a final report.
 
     Only a trial's final report carries ``feasible``; a trial that completed without one (its
-    candidate could not be scored) is no candidate.
+    candidate could not be scored) is no candidate. Nor is a two-stage search's stage-1 candidate
+    (config ``stage: 1``: scored on inherited weights, its model not kept) unless ``stage`` is 1;
+    with ``stage``, only the trials of that stage count.
     """
     from autocompress.store import TrialStatus
 
     return [
         Candidate.from_metrics(t.trial_key, t.metrics)
         for t in trials
-        if t.status is TrialStatus.COMPLETED and "feasible" in t.metrics
+        if t.status is TrialStatus.COMPLETED
+        and "feasible" in t.metrics
+        and (t.config.get("stage") == stage if stage is not None else t.config.get("stage") != 1)
     ]
 
 

@@ -178,7 +178,6 @@ def decode(space: SearchSpace, flat: Mapping[str, Any]) -> tuple[dict[str, Any],
     Keys outside ``arch.`` and ``policy.`` are ignored (a trial config may carry more); a missing
     searched key, an unknown ``arch.``/``policy.`` key or a value outside its distribution raises.
     """
-    from autocompress.models import arch_class
     from autocompress.techniques import Policy, config_class
 
     where = f"search space {space.name}"
@@ -200,7 +199,30 @@ def decode(space: SearchSpace, flat: Mapping[str, Any]) -> tuple[dict[str, Any],
                 raise AutocompressError(f"{where}: {key} is fixed at {spec!r}, got {flat[key]!r}")
             values[key] = spec
 
-    arch = {k.removeprefix("arch."): v for k, v in values.items() if k.startswith("arch.")}
+    arch_dict = arch_from_values(
+        space, {k.removeprefix("arch."): v for k, v in values.items() if k.startswith("arch.")}
+    )
+
+    steps = []
+    for i, slot in enumerate(space.policy):
+        if slot.optional and not values[f"policy.{i}.enabled"]:
+            continue
+        params = {name: values[f"policy.{i}.{name}"] for name in slot.params}
+        steps.append(config_class(slot.technique).from_dict(params))
+    return arch_dict, Policy(steps=tuple(steps))
+
+
+def arch_from_values(space: SearchSpace, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The ArchConfig dict of one value per arch dimension (no ``arch.`` prefix), ``arch_rules`` applied.
+
+    The values are not checked against the space's distributions (``decode`` does that), only by
+    the family's ArchConfig: what builds a supernet's largest architecture, which covers every
+    choice without being one.
+    """
+    from autocompress.models import arch_class
+
+    where = f"search space {space.name}"
+    arch = dict(values)
     cls = arch_class(space.family)
     for target, source in space.arch_rules.items():
         width = arch[source] if source in arch else _field_default(cls, source)
@@ -210,15 +232,7 @@ def decode(space: SearchSpace, flat: Mapping[str, Any]) -> tuple[dict[str, Any],
                 f"got {arch[target]!r}"
             )
         arch[target] = [*arch[target], width]
-    arch_dict = cls.from_dict(arch).to_dict()
-
-    steps = []
-    for i, slot in enumerate(space.policy):
-        if slot.optional and not values[f"policy.{i}.enabled"]:
-            continue
-        params = {name: values[f"policy.{i}.{name}"] for name in slot.params}
-        steps.append(config_class(slot.technique).from_dict(params))
-    return arch_dict, Policy(steps=tuple(steps))
+    return cls.from_dict(arch).to_dict()
 
 
 # -- parsing --------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ A sub-network reads the leading slice of every weight of the largest model:
   ``[:embedding_dim, :embedding_dims[t]]``, or through zero-padding where the largest has none);
 * MLP widths and depths: the first units of each layer and the first layers, then the largest's
   output layer (which reads the first units of the sub-network's last layer);
-* inputs that concatenate per-feature vectors take the first columns of every feature's block.
+* inputs that concatenate per-feature vectors take the first columns of every feature's block;
+* din's ``history_length``: no weight depends on it, the sub-network reads fewer positions.
 
 The elastic forward runs the family's own ``forward`` on the sliced weights
 (``torch.func.functional_call`` on a shape-only copy of the sub-network's model), so a sub-network
@@ -17,12 +18,13 @@ computes exactly what ``extract`` gives as a standalone model of the family.
 from __future__ import annotations
 
 import importlib
+import os
 import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from itertools import chain
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -45,45 +47,28 @@ SUPERNET_FAMILIES: tuple[str, ...] = tuple(_SUPERNETS)
 # A concatenated input axis as blocks of (the largest's width, the sub-network's width): each
 # sub-network keeps the first columns of every block.
 Blocks = Sequence[tuple[int, int]]
-Column = TypeVar("Column", np.ndarray, Tensor)
 
 
-@dataclass(frozen=True)
-class Subnet:
-    """One sub-network of a supernet: the family's ArchConfig plus what the ArchConfig cannot say.
-
-    ``history_length`` (din only) keeps the most recent positions of the behaviour sequence (the
-    data pipeline pads on the left, most recent last); None keeps all of them.
-    """
-
-    arch: ArchConfig
-    history_length: int | None = None
-
-
-def truncate_sequences(batch: Mapping[str, Column], schema: FeatureSchema) -> dict[str, Column]:
-    """``batch`` with every sequence column cut to the schema's ``max_len``, keeping its last positions.
-
-    What an extracted sub-network with a shorter history is fed (numpy columns or tensors alike).
-    """
-    lengths = {s.name: s.max_len for s in schema.sequence}
-    out = dict(batch)
-    for name, length in lengths.items():
-        column = out.get(name)
-        if column is not None and column.shape[1] > length:
-            out[name] = column[:, column.shape[1] - length :]
-    return out
+def supernet_class(family: str) -> type[Supernet]:
+    """The Supernet subclass of ``family`` (its elastic rules), or AutocompressError listing the supported."""
+    if family not in _SUPERNETS:
+        raise AutocompressError(
+            f"supernet: family {family!r} has no elastic supernet; supported: {list(SUPERNET_FAMILIES)}"
+        )
+    module, name = _SUPERNETS[family]
+    cls: type[Supernet] = getattr(importlib.import_module(module), name)
+    return cls
 
 
 @dataclass
 class _Plan:
-    """How one sub-network reads the supernet: its schema, a shape-only model, and each tensor's slice.
+    """How one sub-network reads the supernet: a shape-only model and each tensor's slice.
 
     ``slices[name] = (source, axes)``: ``source`` is the largest model's tensor name (None: an
     identity up-projection the largest does not have); each axis keeps its first n entries (an int)
     or the given indices (a tensor of a concatenated input).
     """
 
-    schema: FeatureSchema
     skeleton: RankingModel
     slices: dict[str, tuple[str | None, tuple[int | Tensor, ...]]]
 
@@ -92,10 +77,11 @@ class Supernet(nn.Module):
     """The largest model of a family (``self.model``) and the rules by which sub-networks share it.
 
     Build one with ``Supernet.for_family(schema, largest_arch)``; ``supernet(batch, arch)`` is the
-    logits of sub-network ``arch`` (an ArchConfig of the family, or a ``Subnet``), ``extract(arch)``
-    the same sub-network as a standalone model of the family, ``check(arch)`` refuses what is not a
+    logits of sub-network ``arch`` (an ArchConfig of the family), ``extract(arch)`` the same
+    sub-network as a standalone model of the family, ``check(arch)`` refuses what is not a
     sub-network naming the field. Subclasses, one per family, declare which arch fields are MLP
-    widths, which integers may shrink and how concatenated inputs are laid out.
+    widths, which integers may shrink, which fields they check themselves and how concatenated
+    inputs are laid out.
     """
 
     family: ClassVar[str] = ""
@@ -103,48 +89,46 @@ class Supernet(nn.Module):
     width_fields: ClassVar[Mapping[str, tuple[str, bool]]] = {}
     # integer arch fields a sub-network may make smaller; every other field must equal the largest's
     shrinking_fields: ClassVar[frozenset[str]] = frozenset({"embedding_dim"})
+    # arch fields the family's ``_check_more`` checks instead of the generic rules
+    own_fields: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, schema: FeatureSchema, largest_arch: ArchConfig) -> None:
         super().__init__()
         self.schema = schema
         self.largest_arch = largest_arch
         self.model = build(self.family, schema, largest_arch)
-        self._plans: dict[Subnet, _Plan] = {}
+        self._plans: dict[ArchConfig, _Plan] = {}
 
     @staticmethod
     def for_family(schema: FeatureSchema, largest_arch: ArchConfig) -> Supernet:
         """The supernet of ``largest_arch``'s family, initialised like a freshly built model."""
-        family = largest_arch.family
-        if family not in _SUPERNETS:
-            raise AutocompressError(
-                f"supernet: family {family!r} has no elastic supernet; supported: {list(SUPERNET_FAMILIES)}"
-            )
-        module, name = _SUPERNETS[family]
-        cls: type[Supernet] = getattr(importlib.import_module(module), name)
-        return cls(schema, largest_arch)
+        return supernet_class(largest_arch.family)(schema, largest_arch)
 
     # -- what a sub-network is ------------------------------------------------------------------
 
-    def check(self, arch: ArchConfig | Subnet) -> Subnet:
-        """``arch`` as a Subnet, or AutocompressError naming the field that is not inside the largest.
+    def check(self, arch: ArchConfig) -> ArchConfig:
+        """``arch`` when it is a sub-network, else AutocompressError naming the field that is not inside
+        the largest.
 
         Integers in ``shrinking_fields`` may be smaller; MLP widths may be shallower and narrower
         layer by layer (see ``_check_widths``); per-table ``embedding_dims`` may be narrower than the
-        largest's table; every other field must be equal.
+        largest's table; ``own_fields`` follow the family's rules (``_check_more``); every other
+        field must be equal.
         """
-        sub = arch if isinstance(arch, Subnet) else Subnet(arch)
         large = self.largest_arch
         where = f"{self.family} sub-network"
-        if type(sub.arch) is not type(large):
+        if type(arch) is not type(large):
             raise AutocompressError(
-                f"{where}: arch must be a {type(large).__name__}, got {type(sub.arch).__name__}"
+                f"{where}: arch must be a {type(large).__name__}, got {type(arch).__name__}"
             )
-        sub.arch.check_schema(self.schema)
-        self._check_more(sub)
+        arch.check_schema(self.schema)
+        self._check_more(arch)
         for f in fields(large):
-            mine, theirs = getattr(sub.arch, f.name), getattr(large, f.name)
+            mine, theirs = getattr(arch, f.name), getattr(large, f.name)
+            if f.name in self.own_fields:
+                continue
             if f.name == "embedding_dims":
-                self._check_table_widths(sub.arch)
+                self._check_table_widths(arch)
             elif f.name in self.width_fields:
                 self._check_widths(f.name, mine, theirs, self.width_fields[f.name][1])
             elif f.name in self.shrinking_fields:
@@ -157,9 +141,9 @@ class Supernet(nn.Module):
                     f"{where}: {f.name} {mine!r} differs from the supernet's {theirs!r} "
                     f"(a sub-network may only shrink {sorted([*self.shrinking_fields, *self.width_fields])})"
                 )
-        return sub
+        return arch
 
-    def contains(self, arch: ArchConfig | Subnet) -> bool:
+    def contains(self, arch: ArchConfig) -> bool:
         """Whether ``arch`` is a sub-network of this supernet (``check`` says why not)."""
         try:
             self.check(arch)
@@ -167,12 +151,8 @@ class Supernet(nn.Module):
             return False
         return True
 
-    def _check_more(self, sub: Subnet) -> None:
-        """Family rules beyond the generic ones; the base refuses ``history_length``."""
-        if sub.history_length is not None:
-            raise AutocompressError(
-                f"{self.family} sub-network: history_length applies to din only, got {sub.history_length!r}"
-            )
+    def _check_more(self, arch: ArchConfig) -> None:
+        """Family rules beyond the generic ones (the ``own_fields``, combinations); none in the base."""
 
     def _check_table_widths(self, arch: ArchConfig) -> None:
         for feature in self.schema.sparse:
@@ -212,24 +192,19 @@ class Supernet(nn.Module):
 
     # -- how a sub-network reads the weights ----------------------------------------------------
 
-    def _sub_schema(self, sub: Subnet) -> FeatureSchema:
-        """The schema a sub-network's standalone model is built for (the supernet's, unless din)."""
-        return self.schema
-
     def _input_layouts(self, arch: ArchConfig) -> dict[str, dict[int, Blocks]]:
         """Per sub-network tensor name, the axes that concatenate per-feature blocks (family rules)."""
         return {}
 
-    def _plan(self, arch: ArchConfig | Subnet) -> _Plan:
-        sub = self.check(arch)
-        plan = self._plans.get(sub)
+    def _plan(self, arch: ArchConfig) -> _Plan:
+        arch = self.check(arch)
+        plan = self._plans.get(arch)
         if plan is not None:
             return plan
-        schema = self._sub_schema(sub)
         with torch.device("meta"):
-            skeleton = build(self.family, schema, sub.arch)
+            skeleton = build(self.family, self.schema, arch)
         rename = self._depth_map(skeleton)
-        layouts = self._input_layouts(sub.arch)
+        layouts = self._input_layouts(arch)
         sources = {n: t.shape for n, t in chain(self.model.named_parameters(), self.model.named_buffers())}
         slices: dict[str, tuple[str | None, tuple[int | Tensor, ...]]] = {}
         for name, tensor in chain(skeleton.named_parameters(), skeleton.named_buffers()):
@@ -249,13 +224,13 @@ class Supernet(nn.Module):
                 available = source_shape[axis] if blocks is None else sum(b[0] for b in blocks)
                 if size > available or (blocks is not None and available != source_shape[axis]):
                     raise AutocompressError(
-                        f"{self.family} sub-network {sub.arch.to_json()} is not inside the supernet: "
+                        f"{self.family} sub-network {arch.to_json()} is not inside the supernet: "
                         f"{name} needs shape {tuple(tensor.shape)}, the supernet's is {source_shape}"
                     )
             slices[name] = (source, tuple(axes))
         if len(self._plans) >= 1024:
             self._plans.clear()
-        plan = self._plans[sub] = _Plan(schema=schema, skeleton=skeleton, slices=slices)
+        plan = self._plans[arch] = _Plan(skeleton=skeleton, slices=slices)
         return plan
 
     def _depth_map(self, skeleton: RankingModel) -> dict[str, str]:
@@ -275,7 +250,7 @@ class Supernet(nn.Module):
                 rename[f"{path}.{layer}."] = f"{path}.{their_layers[-1 if last else i]}."
         return rename
 
-    def sliced_tensors(self, arch: ArchConfig | Subnet) -> dict[str, Tensor]:
+    def sliced_tensors(self, arch: ArchConfig) -> dict[str, Tensor]:
         """The sub-network's parameters and buffers, by its model's names: differentiable slices
         of the supernet's (gradients reach the shared weights)."""
         return self._slice(self._plan(arch))
@@ -300,25 +275,22 @@ class Supernet(nn.Module):
 
     # -- running and extracting sub-networks ----------------------------------------------------
 
-    def forward(self, batch: Mapping[str, Tensor], arch: ArchConfig | Subnet) -> Tensor:
-        """Logits [B] of sub-network ``arch`` on ``batch`` (the supernet's full-length columns)."""
+    def forward(self, batch: Mapping[str, Tensor], arch: ArchConfig) -> Tensor:
+        """Logits [B] of sub-network ``arch`` on ``batch``."""
         plan = self._plan(arch)
         plan.skeleton.train(self.training)
-        return torch.func.functional_call(
-            plan.skeleton, self._slice(plan), (truncate_sequences(batch, plan.schema),)
-        )
+        return torch.func.functional_call(plan.skeleton, self._slice(plan), (dict(batch),))
 
-    def extract(self, arch: ArchConfig | Subnet) -> RankingModel:
+    def extract(self, arch: ArchConfig) -> RankingModel:
         """Sub-network ``arch`` as a standalone model of the family, with copies of the shared weights.
 
-        Built by the family's class from ``(schema, arch)`` (a din history of ``history_length``
-        positions shortens that sequence in ``model.schema``; feed it ``truncate_sequences``), on the
-        supernet's device, in eval mode: it exports and compresses like any trained model.
+        Built by the family's class from ``(schema, arch)`` on the supernet's device, in eval mode:
+        it takes the supernet's inputs, and exports and compresses like any trained model.
         """
         plan = self._plan(arch)
         device = next(iter(self.model.parameters())).device
         with torch.device("meta"):
-            model = build(self.family, plan.schema, plan.skeleton.arch)
+            model = build(self.family, self.schema, plan.skeleton.arch)
         model = model.to_empty(device=device)
         values = self._slice(plan)
         with torch.no_grad():
@@ -328,8 +300,18 @@ class Supernet(nn.Module):
 
     # -- persistence ----------------------------------------------------------------------------
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (Ray ships a supernet to its trials) without the cached plans: shape-only models."""
+        return {**self.__dict__, "_plans": {}}
+
     def save(self, path: str | Path) -> None:
-        """Write the weights with the schema and largest arch they belong to (for a resumed job)."""
+        """Write the weights with the schema and largest arch they belong to (for a resumed job).
+
+        Written to a temporary file first and renamed: a driver killed while saving leaves no file a
+        resumed job would fail to read.
+        """
+        path = Path(path)
+        partial = path.with_name(f".{path.name}.partial")
         torch.save(
             {
                 "format": SUPERNET_FORMAT_VERSION,
@@ -337,8 +319,9 @@ class Supernet(nn.Module):
                 "largest_arch": self.largest_arch.to_dict(),
                 "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
             },
-            Path(path),
+            partial,
         )
+        os.replace(partial, path)
 
     @staticmethod
     def load(path: str | Path, device: str | torch.device = "cpu") -> Supernet:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import ClassVar, cast
 
-from autocompress.data.schema import FeatureSchema
 from autocompress.errors import AutocompressError
 from autocompress.models.arch import ArchConfig
 from autocompress.models.dcn_v2 import DCNv2, DCNv2Arch
 from autocompress.models.din import DIN, DINArch
 from autocompress.models.dlrm import DLRM, DLRMArch
-from autocompress.supernet.elastic import Blocks, Subnet, Supernet
+from autocompress.supernet.elastic import Blocks, Supernet
 
 
 class DLRMSupernet(Supernet):
@@ -57,9 +55,8 @@ class DCNv2Supernet(Supernet):
     width_fields: ClassVar[Mapping[str, tuple[str, bool]]] = {"deep_mlp": ("deep", False)}
     shrinking_fields: ClassVar[frozenset[str]] = frozenset({"embedding_dim", "cross_layers", "cross_rank"})
 
-    def _check_more(self, sub: Subnet) -> None:
-        super()._check_more(sub)
-        mine, theirs = cast(DCNv2Arch, sub.arch), self.largest_arch
+    def _check_more(self, arch: ArchConfig) -> None:
+        mine, theirs = cast(DCNv2Arch, arch), self.largest_arch
         if (mine.cross_rank == 0) != (theirs.cross_rank == 0):
             allowed = "0 (full rank)" if theirs.cross_rank == 0 else f"1..{theirs.cross_rank}"
             raise AutocompressError(
@@ -87,9 +84,8 @@ class DCNv2Supernet(Supernet):
 class DINSupernet(Supernet):
     """DIN: elastic embedding width, attention and output MLPs, and history length.
 
-    A ``Subnet(arch, history_length=L)`` attends over the last L positions of the behaviour
-    sequence (the most recent ones: sequences are padded on the left), other sequences stay whole;
-    its standalone model is built for a schema whose history has ``max_len`` L.
+    A sub-network's ``history_length`` L attends over the last L positions of the behaviour
+    sequence (``DINArch``); it may be at most the largest's (None: the whole ``max_len``).
     """
 
     family: ClassVar[str] = "din"
@@ -99,34 +95,20 @@ class DINSupernet(Supernet):
         "attention_mlp": ("attention", False),
         "mlp": ("mlp", False),
     }
+    own_fields: ClassVar[frozenset[str]] = frozenset({"history_length"})
 
-    @property
-    def history(self) -> str:
-        """The behaviour sequence feature the attention reads."""
-        return self.model.history
+    def _history_length(self, arch: DINArch) -> int:
+        """The positions ``arch`` reads (its history's ``max_len`` when ``history_length`` is None)."""
+        if arch.history_length is not None:
+            return arch.history_length
+        return next(s.max_len for s in self.schema.sequence if s.name == self.model.history)
 
-    @property
-    def history_max_len(self) -> int:
-        return next(s.max_len for s in self.schema.sequence if s.name == self.history)
-
-    def _check_more(self, sub: Subnet) -> None:
-        length, longest = sub.history_length, self.history_max_len
-        if length is not None and (
-            isinstance(length, bool) or not isinstance(length, int) or not 0 < length <= longest
-        ):
+    def _check_more(self, arch: ArchConfig) -> None:
+        mine, theirs = self._history_length(cast(DINArch, arch)), self._history_length(self.largest_arch)
+        if mine > theirs:
             raise AutocompressError(
-                f"din sub-network: history_length must be an integer in 1..{longest} "
-                f"(the max_len of {self.history!r}), got {length!r}"
+                f"din sub-network: history_length {mine} is longer than the supernet's (allowed: <= {theirs})"
             )
-
-    def _sub_schema(self, sub: Subnet) -> FeatureSchema:
-        if sub.history_length is None:
-            return self.schema
-        sequence = tuple(
-            replace(s, max_len=sub.history_length) if s.name == self.history else s
-            for s in self.schema.sequence
-        )
-        return replace(self.schema, sequence=sequence)
 
     def _input_layouts(self, arch: ArchConfig) -> dict[str, dict[int, Blocks]]:
         model = self.model

@@ -19,7 +19,7 @@ from autocompress.data.table import Table
 from autocompress.errors import AutocompressError
 from autocompress.measure.quality import auc
 from autocompress.models import ArchConfig
-from autocompress.supernet.elastic import Subnet, Supernet, truncate_sequences
+from autocompress.supernet.elastic import Supernet
 from autocompress.train.config import DistillConfig, TrainConfig
 from autocompress.train.distillation import distillation_loss
 from autocompress.train.inference import forward_logits, predict_tensors, resolve_device, to_tensors
@@ -27,7 +27,7 @@ from autocompress.train.schedule import LearningRateSchedule
 
 log = logging.getLogger(__name__)
 
-SampleArch = Callable[[random.Random], ArchConfig | Subnet]
+SampleArch = Callable[[random.Random], ArchConfig]
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def train_supernet(
     train: Table,
     valid: Table,
     *,
-    smallest: ArchConfig | Subnet,
+    smallest: ArchConfig,
     sample_arch: SampleArch,
     config: TrainConfig,
     random_subnets: int = 2,
@@ -85,7 +85,7 @@ def train_supernet(
         raise AutocompressError(f"max_steps must be an integer >= 1 or null, got {max_steps!r}")
     if len(train) == 0 or len(valid) == 0:
         raise AutocompressError("train_supernet needs training and validation rows; a split is empty")
-    largest = Subnet(supernet.largest_arch)
+    largest = supernet.largest_arch
     smallest = supernet.check(smallest)
     distill = distill or DistillConfig()
 
@@ -190,14 +190,14 @@ def train_supernet(
 
 def valid_auc(
     supernet: Supernet,
-    arch: ArchConfig | Subnet,
+    arch: ArchConfig,
     features: dict[str, torch.Tensor],
     labels: np.ndarray,
     batch_size: int = 16384,
 ) -> float:
     """AUC of sub-network ``arch`` with inherited weights on columns already on the supernet's device."""
     model = supernet.extract(arch)
-    logits = predict_tensors(model, truncate_sequences(features, model.schema), batch_size)
+    logits = predict_tensors(model, features, batch_size)
     if not np.isfinite(logits).all():
         raise AutocompressError(
             f"supernet training diverged: {supernet.family} sub-network logits are NaN or infinite; "

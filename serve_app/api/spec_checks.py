@@ -17,6 +17,8 @@ from serve_app.api.settings import Settings
 
 __all__ = ["MAX_SPEC_DEPTH", "checked_spec"]
 
+# MLflow tracking a submitted job may use: a server or a database, never a file on the API's machine
+SERVER_TRACKING_SCHEMES = ("http", "https", "databricks", "postgresql", "mysql", "mssql")
 MAX_SPEC_DEPTH = 32  # free-form spec fields (train, dataset.options) nest at most this deep
 
 
@@ -31,8 +33,9 @@ def _nesting_depth(value: Any, limit: int) -> int:
 def checked_spec(spec: JobSpec, settings: Settings) -> JobSpec:
     """The spec with its file paths resolved inside the server's data folder; other paths refused.
 
-    ``search.storage_path`` is the server's to choose (each job's Tune run lives in its work
-    folder); ``dataset.path``, ``dataset.schema_path`` and ``search_space`` must name existing
+    ``search.storage_path`` is the server's to choose (each job's Tune run lives in its work folder);
+    ``tracking`` may name a tracking server or database, never a file here (``sqlite:``, ``file:``,
+    a folder for artifacts); ``dataset.path``, ``dataset.schema_path`` and ``search_space`` must name existing
     files inside ``data_dir`` (a search space may also come from the built-in ``search_spaces/``),
     in a format their loader parses (never a pickle or a checkpoint). The search space and preset
     are loaded, so a technique outside the registry is refused here rather than in the driver.
@@ -45,6 +48,20 @@ def checked_spec(spec: JobSpec, settings: Settings) -> JobSpec:
             "spec.search.storage_path: not accepted over the API; the server keeps each job's run "
             "in its work folder"
         )
+    tracking = spec.tracking
+    if tracking is not None:
+        scheme = tracking.mlflow_uri.split(":", 1)[0].split("+", 1)[0].lower()
+        if scheme not in SERVER_TRACKING_SCHEMES:
+            raise AutocompressError(
+                f"spec.tracking.mlflow_uri: a {scheme!r} URI would write files on this server; over the "
+                f"API use a tracking server or database ({', '.join(SERVER_TRACKING_SCHEMES)})"
+            )
+        location = tracking.artifact_location
+        if location is not None and ("://" not in location or location.lower().startswith("file:")):
+            raise AutocompressError(
+                "spec.tracking.artifact_location: a local folder is not accepted over the API; give a "
+                "URI of the artifact store (s3://, gs://, https://, ...) or leave it to the tracking server"
+            )
     for where, free_form in (("spec.train", spec.train), ("spec.dataset.options", spec.dataset.options)):
         if _nesting_depth(free_form, MAX_SPEC_DEPTH) > MAX_SPEC_DEPTH:
             raise AutocompressError(f"{where}: nested deeper than {MAX_SPEC_DEPTH} levels")

@@ -169,6 +169,14 @@ def test_client_errors_are_4xx_naming_the_field(api_factory, db_url) -> None:
     assert "spec.search.storage_path: not accepted over the API" in detail(
         http.post("/v1/jobs", json=tiny_spec(search={"storage_path": "/tmp/elsewhere"})), 422
     )
+    local_tracking = tiny_spec(tracking={"mlflow_uri": "sqlite:////tmp/anywhere.db"})
+    assert "spec.tracking.mlflow_uri: a 'sqlite' URI would write files on this server" in detail(
+        http.post("/v1/jobs", json=local_tracking), 422
+    )
+    local_artifacts = {"mlflow_uri": "https://mlflow.example", "artifact_location": "file:///tmp/x"}
+    assert "spec.tracking.artifact_location: a local folder is not accepted" in detail(
+        http.post("/v1/jobs", json=tiny_spec(tracking=local_artifacts)), 422
+    )
     assert "spec.dataset.path: this server takes no file paths" in detail(
         http.post("/v1/jobs", json=tiny_spec(dataset={"kind": "criteo", "path": "/etc/passwd"})), 422
     )

@@ -25,6 +25,14 @@ def site(tmp_path: Path) -> Iterator[tuple[RunningApi, Seeded]]:
         yield api, seed(api.store, settings.work_dir)
 
 
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables 200 columns wide: the console reads COLUMNS once, maybe before this test (xdist)."""
+    from autocompress.cli import remote
+
+    monkeypatch.setattr(remote.console, "_width", 200)
+
+
 def run(api: RunningApi, *args: str, code: int = 0) -> str:
     result = CliRunner().invoke(cli_app, [*args, "--url", api.url], env={"COLUMNS": "200"})
     assert result.exit_code == code, (args, result.output)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from autocompress.models.dcn_v2 import DCNv2Arch
 from autocompress.models.din import DINArch
 from autocompress.models.dlrm import DLRMArch
 from autocompress.models.two_tower import TwoTowerArch
-from autocompress.supernet import Subnet, Supernet, truncate_sequences
+from autocompress.supernet import Supernet
 from tests.models.tiny import make_schema, to_tensors
 
 SCHEMA = make_schema(history_len=6)
@@ -26,7 +27,7 @@ LARGEST: dict[str, ArchConfig] = {
 }
 
 # per family: the smallest, the largest, and mixed ones (per-table widths, shallower, history)
-SUBNETS: list[tuple[str, ArchConfig | Subnet]] = [
+SUBNETS: list[tuple[str, ArchConfig]] = [
     ("dlrm", DLRMArch(embedding_dim=2, bottom_mlp=(2,), top_mlp=(2,))),
     ("dlrm", LARGEST["dlrm"]),
     ("dlrm", DLRMArch(embedding_dim=4, bottom_mlp=(8, 4), top_mlp=(8,), embedding_dims={"tags": 2})),
@@ -34,9 +35,9 @@ SUBNETS: list[tuple[str, ArchConfig | Subnet]] = [
     ("dcn_v2", DCNv2Arch(embedding_dim=2, cross_layers=0, deep_mlp=(2,))),
     ("dcn_v2", LARGEST["dcn_v2"]),
     ("dcn_v2", DCNv2Arch(embedding_dim=5, cross_layers=2, deep_mlp=(12, 3), embedding_dims={"category": 2})),
-    ("din", Subnet(DINArch(embedding_dim=2, attention_mlp=(2,), mlp=(2,)), history_length=1)),
+    ("din", DINArch(embedding_dim=2, attention_mlp=(2,), mlp=(2,), history_length=1)),
     ("din", LARGEST["din"]),
-    ("din", Subnet(DINArch(embedding_dim=4, attention_mlp=(8, 3), mlp=(6,)), history_length=4)),
+    ("din", DINArch(embedding_dim=4, attention_mlp=(8, 3), mlp=(6,), history_length=4)),
     ("din", DINArch(embedding_dim=6, attention_mlp=(5,), mlp=(8, 8), embedding_dims={"item_id": 3})),
 ]
 
@@ -51,15 +52,14 @@ def batch(rows: int = 16) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(("family", "sub"), SUBNETS, ids=[f"{f}-{i}" for i, (f, _) in enumerate(SUBNETS)])
-def test_a_subnetwork_equals_its_extracted_standalone_model(family: str, sub: ArchConfig | Subnet) -> None:
+def test_a_subnetwork_equals_its_extracted_standalone_model(family: str, sub: ArchConfig) -> None:
     net = supernet(family)
-    arch = sub.arch if isinstance(sub, Subnet) else sub
     extracted = net.extract(sub)
     assert type(extracted) is model_class(family)
-    assert extracted.arch == arch
+    assert extracted.arch == sub and extracted.schema == SCHEMA
 
     # exactly the parameter shapes of a model built from (schema, arch) on its own
-    standalone = build(family, extracted.schema, arch)
+    standalone = build(family, SCHEMA, sub)
     assert {k: v.shape for k, v in extracted.state_dict().items()} == {
         k: v.shape for k, v in standalone.state_dict().items()
     }
@@ -69,7 +69,7 @@ def test_a_subnetwork_equals_its_extracted_standalone_model(family: str, sub: Ar
     full = batch()
     with torch.no_grad():
         elastic = net(full, sub)
-        alone = standalone(truncate_sequences(full, standalone.schema))
+        alone = standalone(full)
     assert elastic.shape == (16,)
     np.testing.assert_allclose(elastic.numpy(), alone.numpy(), atol=1e-5, rtol=0)
 
@@ -122,19 +122,24 @@ def test_slices_follow_the_stated_rules() -> None:
     assert torch.equal(sub.head.weight, dcn.model.head.weight[:, :4])
 
     din = supernet("din")
-    sub_din = din.extract(Subnet(DINArch(embedding_dim=3, attention_mlp=(4,), mlp=(4,)), history_length=2))
-    assert sub_din.schema.sequence[0].max_len == 2
+    sub_din = din.extract(DINArch(embedding_dim=3, attention_mlp=(4,), mlp=(4,), history_length=2))
+    assert sub_din.history_length == 2
     query_key = torch.cat([8 * b + torch.arange(3) for b in range(4)])
     assert torch.equal(sub_din.attention[0].weight, din.model.attention[0].weight[:4, query_key])
 
 
 def test_a_shorter_history_keeps_the_most_recent_positions() -> None:
-    ids = torch.tensor([[0, 0, 5, 6, 7, 8]])
-    shortened = truncate_sequences({"clicked_items": ids, "user_id": torch.tensor([3])}, SCHEMA)
-    assert torch.equal(shortened["clicked_items"], ids)  # already at the schema's length
+    """Reading the last 3 positions equals reading all 6 with the older ones padded (id 0)."""
     net = supernet("din")
-    schema = net.extract(Subnet(LARGEST["din"], history_length=3)).schema
-    assert truncate_sequences({"clicked_items": ids}, schema)["clicked_items"].tolist() == [[6, 7, 8]]
+    rows = SCHEMA.example_batch(4, seed=7)
+    rows["clicked_items"] = np.array([[1, 2, 5, 6, 7, 8], [0, 0, 3, 4, 9, 1], [0, 0, 0, 0, 0, 2], [0] * 6])
+    padded = {**rows, "clicked_items": np.where(np.arange(6) < 3, 0, rows["clicked_items"])}
+    short = replace(LARGEST["din"], history_length=3)
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            net(to_tensors(rows), short).numpy(), net(to_tensors(padded), LARGEST["din"]).numpy(), atol=1e-6
+        )
+        assert not torch.allclose(net(to_tensors(rows), short), net(to_tensors(rows), LARGEST["din"]))
 
 
 def test_an_extracted_subnetwork_exports_to_onnx_and_onnx_runtime_agrees(tmp_path: Path) -> None:
@@ -142,12 +147,11 @@ def test_an_extracted_subnetwork_exports_to_onnx_and_onnx_runtime_agrees(tmp_pat
     from autocompress.spec import Target
 
     net = supernet("din")
-    sub = Subnet(DINArch(embedding_dim=4, attention_mlp=(8,), mlp=(8, 4)), history_length=3)
+    sub = DINArch(embedding_dim=4, attention_mlp=(8,), mlp=(8, 4), history_length=3)
     model = net.extract(sub)
     result = export_onnx(model, model.schema, tmp_path / "din.onnx")
     session = create_session(result.path, Target())
-    features = truncate_sequences(SCHEMA.example_batch(32, seed=5), model.schema)
-    (scores,) = session.run(None, feed(session, features))
+    (scores,) = session.run(None, feed(session, SCHEMA.example_batch(32, seed=5)))
     with torch.no_grad():
         expected = net(to_tensors(SCHEMA.example_batch(32, seed=5)), sub).numpy()
     np.testing.assert_allclose(np.asarray(scores).reshape(-1), expected, atol=1e-5, rtol=0)
@@ -177,7 +181,7 @@ def test_a_file_that_is_not_a_supernet_is_refused(tmp_path: Path) -> None:
         Supernet.load(path)
 
 
-REFUSALS: list[tuple[str, ArchConfig | Subnet, str]] = [
+REFUSALS: list[tuple[str, ArchConfig, str]] = [
     ("dlrm", DLRMArch(embedding_dim=16, bottom_mlp=(16,), top_mlp=(8,)), r"embedding_dim 16 .*allowed: <= 8"),
     ("dlrm", DLRMArch(embedding_dim=8, bottom_mlp=(8,), top_mlp=(8,)), r"table 'user_id' would be 8 wide"),
     (
@@ -198,11 +202,6 @@ REFUSALS: list[tuple[str, ArchConfig | Subnet, str]] = [
         DLRMArch(embedding_dim=6, bottom_mlp=(6,), top_mlp=(8,), interaction="cat"),
         r"interaction 'cat'",
     ),
-    (
-        "dlrm",
-        Subnet(DLRMArch(embedding_dim=6, bottom_mlp=(6,), top_mlp=(8,)), history_length=2),
-        r"history_length applies to din only",
-    ),
     ("dlrm", TwoTowerArch(embedding_dim=4), r"arch must be a DLRMArch, got TwoTowerArch"),
     ("dcn_v2", DCNv2Arch(embedding_dim=8, cross_layers=4), r"cross_layers 4 .*allowed: <= 3"),
     (
@@ -215,7 +214,7 @@ REFUSALS: list[tuple[str, ArchConfig | Subnet, str]] = [
         DCNv2Arch(embedding_dim=8, deep_mlp=(8,), structure="parallel"),
         r"structure 'parallel' differs",
     ),
-    ("din", Subnet(LARGEST["din"], history_length=7), r"history_length must be an integer in 1\.\.6"),
+    ("din", replace(LARGEST["din"], history_length=7), r"history_length 7 .*allowed: 1\.\.6"),
     (
         "din",
         DINArch(embedding_dim=8, attention_mlp=(16, 8, 4), mlp=(8,)),
@@ -226,13 +225,21 @@ REFUSALS: list[tuple[str, ArchConfig | Subnet, str]] = [
 
 @pytest.mark.parametrize(("family", "sub", "message"), REFUSALS, ids=[m[:24] for _, _, m in REFUSALS])
 def test_what_is_not_a_subnetwork_is_refused_naming_the_field(
-    family: str, sub: ArchConfig | Subnet, message: str
+    family: str, sub: ArchConfig, message: str
 ) -> None:
     net = supernet(family)
     assert not net.contains(sub)
     for call in (net.check, net.extract, lambda arch: net(batch(), arch)):
         with pytest.raises(AutocompressError, match=message):
             call(sub)
+
+
+def test_a_history_longer_than_the_largest_is_refused() -> None:
+    net = supernet("din", replace(LARGEST["din"], history_length=4))
+    assert net.contains(replace(LARGEST["din"], history_length=4))
+    for length in (5, None):  # None reads all 6 positions
+        with pytest.raises(AutocompressError, match=r"history_length 6|history_length 5"):
+            net.check(replace(LARGEST["din"], history_length=length))
 
 
 def test_every_listed_subnetwork_is_contained() -> None:

@@ -17,7 +17,7 @@ from autocompress.measure.quality import auc
 from autocompress.models import build
 from autocompress.models.din import DINArch
 from autocompress.models.dlrm import DLRMArch
-from autocompress.supernet import Subnet, Supernet, train_supernet, valid_auc
+from autocompress.supernet import Supernet, train_supernet, valid_auc
 from autocompress.testing.fixtures import one_torch_thread, tiny_dataset
 from autocompress.train import TrainConfig, predict
 
@@ -79,17 +79,17 @@ def test_sandwich_training_lifts_the_largest_the_smallest_and_inherited_subnetwo
 def test_a_teacher_and_sampled_histories_train_a_din_supernet() -> None:
     data = tiny_dataset()
     largest = DINArch(embedding_dim=8, attention_mlp=(8,), mlp=(16,))
-    smallest = Subnet(DINArch(embedding_dim=2, attention_mlp=(2,), mlp=(2,)), history_length=2)
+    smallest = DINArch(embedding_dim=2, attention_mlp=(2,), mlp=(2,), history_length=2)
     with one_torch_thread():
         teacher = build("din", data.schema, DINArch(embedding_dim=4, attention_mlp=(4,), mlp=(8,)), seed=1)
         teacher_before = copy.deepcopy(teacher.state_dict())
         torch.manual_seed(0)
         supernet = Supernet.for_family(data.schema, largest)
         weights_before = copy.deepcopy(supernet.state_dict())
-        drawn: list[Subnet] = []
+        drawn: list[DINArch] = []
 
-        def sample(rng: random.Random) -> Subnet:
-            drawn.append(Subnet(largest, history_length=rng.randint(1, 20)))
+        def sample(rng: random.Random) -> DINArch:
+            drawn.append(replace(largest, history_length=rng.randint(1, 20)))
             return drawn[-1]
 
         result = train_supernet(
