@@ -1,36 +1,43 @@
-"""Serving under load: Ray Serve over HTTP vs in-process ONNX Runtime, batching on and off, a replica killed.
+"""Serving under load: the one-hop data plane against a bare Ray Serve deployment and in-process ONNX Runtime.
 
 One run on loopback, every load point bounded in requests and seconds, for two DLRMs on the
 default synthetic schema (200k items, 100k users), exported to ONNX, 1 intra-op thread:
 
-- ``wide_mlp`` (the headline): a production-size ranking model, top MLP 2048-2048-2048-1024
-  (~2 ms a request in process): the models this service serves are large, and what batching is
-  for is their compute;
-- ``reference``: the search's reference architecture (top MLP 512-512-256, ~0.1 ms), where the
-  served cost is nearly all HTTP, JSON and Ray Serve: the floor of the serving path.
+- ``reference`` (the anchor of the latency, throughput, ranking and alias figures): the search's
+  reference architecture (top MLP 512-512-256, ~0.1 ms), where the served cost is nearly all HTTP,
+  JSON and Ray Serve: the floor of the serving path;
+- ``wide_mlp``: a production-size ranking model, top MLP 2048-2048-2048-1024 (~2 ms a request in
+  process), where what batching is for is the model's compute (``batching_speedup_c32``).
 
 For each model:
 
 - ``in_process_ort``: ``ModelRunner.logits`` on the already encoded request, called from 1, 8 or
   32 threads: the floor a served request is compared with;
-- ``serve_batched`` / ``serve_unbatched``: ``POST /v1/models/{id}/predict`` (one row per request,
-  JSON) to the API ingress replica's own port (Ray Serve's direct ingress, the URL
-  ``autocompress serve`` prints), the API on to one ``ModelServer`` replica, at 1, 8 and 32
-  concurrent clients, with dynamic batching on (the ingress batches per model, ``serve.batch`` in
-  the model replica), then off;
+- ``serve_batched`` / ``serve_unbatched``: ``POST /serving/v1/models/{id}/predict`` (one row per
+  request, JSON) on the ``ModelServer`` replica's own port (Ray Serve's direct ingress, the URL
+  ``autocompress serve`` prints): validation, encoding and the ONNX Runtime session all in that
+  replica, at 1, 8 and 32 concurrent clients, with dynamic batching on, then off;
+- ``bare_serve``: the anchor, in the same run: a hand-written single-hop Serve deployment of the
+  same ONNX files (FastAPI ingress, the session in the replica, JSON rows, no validation, no
+  batching), in the same Serve mode, called on its own direct-ingress port.
 
-and once, on the reference model, ``replica_kill``: two ``ModelServer`` replicas, 8 clients for
-``--kill-seconds`` (30 s), and one replica that holds the model ``ray.kill``-ed after a sixth of
-the run; a client retries a failed request twice (0.1 s, 0.2 s later), and the rate counts
-requests that finally succeeded.
+On the reference model also: ``rank_k200_serve`` / ``rank_k200_bare`` (one context and 200
+candidates as columns, top 10, 8 clients; candidates per second), ``alias_switch`` (8 clients on
+``/v1/endpoints/{alias}/predict``, no client retries, while the job API promotes another model a
+third of the way in and rolls back at two thirds: failed requests, and how long each move took to
+reach the replica), and ``replica_kill`` (two ``ModelServer`` replicas behind the HTTP proxy, 8
+clients for ``--kill-seconds``, one replica that holds the model ``ray.kill``-ed a sixth of the way
+in; a client retries a failed request twice, 0.1 s and 0.2 s later, and the rate counts requests
+that finally succeeded).
 
-Targets: p50 overhead over in-process <= 3 ms at concurrency 1 (batching on, the default
-config); batching >= 3x the unbatched throughput at concurrency 32. Each served point also
-reports the CPU milliseconds spent per request by the load client, the ingress replica and the
-model replica (from ``/proc``): at concurrency 1 the three run one after another, so their sum is
-about the latency, and it shows which hop the time goes to. Prints a table and writes
-``benchmarks/results/serve_load.json``: ``rows``, and ``summary`` with the headline model's
-figures and every model's under ``by_model``. ``--quick`` is a smoke run on the tiny data.
+Targets (``summary.targets_met``): at concurrency 1, ours <= bare + 0.5 ms and <= in process + 3 ms;
+ranking >= 80 % of bare's candidates/s; throughput at 32 >= bare's; batching >= 3x unbatched at 32
+on ``wide_mlp``; replica kill success >= 0.99; no failed request across the alias moves. Each
+served point also reports the CPU milliseconds spent per request by the load client, the job API
+replica (``ingress``: off the prediction path, so ~0), the ``ModelServer`` replica and the bare
+replica (from ``/proc``). Prints a table and writes ``benchmarks/results/serve_load.json``:
+``rows``, and ``summary`` with the figures above and every model's under ``by_model``. ``--quick``
+is a smoke run on the tiny data.
 """
 
 from __future__ import annotations
@@ -43,19 +50,30 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fastapi import FastAPI, Request  # module level: the bare routes' annotations are resolved here
+from fastapi.responses import JSONResponse
 from rich.console import Console
 from rich.table import Table
 
 RESULTS = Path(__file__).parent / "results" / "serve_load.json"
 CONCURRENCY = (1, 8, 32)
 APP = "autocompress"
+SERVING_APP = "autocompress-serving"
+BARE_APP = "bare"
+RANK_CANDIDATES = 200
+RANK_K = 10
+RANK_CONCURRENCY = 8
+ALIAS = "bench-alias"
+TARGET_OVER_BARE_MS = 0.5
 TARGET_OVERHEAD_MS = 3.0
+TARGET_RANK_VS_BARE = 0.8
 TARGET_BATCHING_SPEEDUP = 3.0
 TARGET_KILL_SUCCESS = 0.99
 CLIENT_RETRY_DELAYS_S = (0.1, 0.2)
@@ -70,6 +88,7 @@ class LoadResult:
     failed: int = 0
     retried: int = 0
     seconds: float = 0.0
+    models_seen: list[tuple[float, str]] = field(default_factory=list)  # (when answered, model_id)
 
     def row(self, mode: str, concurrency: int) -> dict[str, Any]:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.asarray([np.nan])
@@ -90,13 +109,22 @@ MODELS: dict[str, dict[str, Any] | None] = {
     "wide_mlp": {"top_mlp": [2048, 2048, 2048, 1024]},
     "reference": None,
 }
-HEADLINE = "wide_mlp"
+HEADLINE = "wide_mlp"  # batching_speedup_c32: the production-size model
+ANCHOR = "reference"  # latency, throughput, ranking, alias moves, replica kill
 
 
-def prepare_model(
-    work: Path, db_url: str, name: str, quick: bool, arch: dict[str, Any] | None
-) -> tuple[str, Any, list[dict[str, Any]]]:
-    """Export the model into ``work/artifacts`` and register it; (model id, schema, example rows)."""
+@dataclass
+class Prepared:
+    """A registered model: its id, ONNX path, schema and example rows."""
+
+    model_id: str
+    path: str
+    schema: Any
+    rows: list[dict[str, Any]]
+
+
+def prepare_model(work: Path, db_url: str, name: str, quick: bool, arch: dict[str, Any] | None) -> Prepared:
+    """Export the model into ``work/artifacts`` and register it."""
     from autocompress.data.synthetic import SyntheticConfig, synthetic_schema
     from autocompress.export import export_onnx
     from autocompress.models import build
@@ -109,8 +137,24 @@ def prepare_model(
     with Store(db_url) as store:
         record = store.register_model(name, path, schema.to_dict(), {})
     batch = schema.example_batch(256, seed=1)
-    rows = [{name: batch[name][i].tolist() for name in schema.feature_names} for i in range(256)]
-    return record.id, schema, rows
+    rows = [{n: batch[n][i].tolist() for n in schema.feature_names} for i in range(256)]
+    return Prepared(record.id, str(path), schema, rows)
+
+
+def rank_bodies(prepared: Prepared, count: int = 8) -> list[bytes]:
+    """``count`` ranking requests: one context (user and query features) and 200 candidates as columns."""
+    schema = prepared.schema
+    context_names = [*schema.features_on("user"), *schema.features_on("context")]
+    item_names = [n for n in schema.feature_names if n not in context_names]
+    bodies = []
+    for i in range(count):
+        batch = schema.example_batch(RANK_CANDIDATES, seed=100 + i)
+        context = {n: prepared.rows[i][n] for n in context_names}
+        columns = {n: batch[n].tolist() for n in item_names}
+        bodies.append(
+            json.dumps({"context": context, "candidates": {"columns": columns}, "k": RANK_K}).encode()
+        )
+    return bodies
 
 
 def in_process(
@@ -155,12 +199,14 @@ async def http_load(
     max_s: float,
     *,
     retries: bool = False,
-    at: tuple[float, Any] | None = None,
+    at: list[tuple[float, Callable[[], Any]]] | None = None,
+    observe: bool = False,
 ) -> LoadResult:
     """POST ``bodies`` round-robin from ``concurrency`` clients until either bound is reached.
 
     With ``retries`` a failed request (connection error or 5xx) is tried again after each of
-    ``CLIENT_RETRY_DELAYS_S``; ``at=(seconds, fn)`` calls ``fn`` once that far into the run.
+    ``CLIENT_RETRY_DELAYS_S``; each ``(seconds, fn)`` of ``at`` is called once that far into the
+    run (in a thread); ``observe`` records which model answered each request.
     """
     import aiohttp
 
@@ -177,7 +223,9 @@ async def http_load(
         async def once(body: bytes) -> bool:
             try:
                 async with session.post(url, data=body, headers=headers) as response:
-                    await response.read()
+                    content = await response.read()
+                    if response.status == 200 and observe:
+                        result.models_seen.append((time.perf_counter(), json.loads(content)["model_id"]))
                     return response.status == 200
             except (TimeoutError, aiohttp.ClientError):
                 return False
@@ -201,20 +249,22 @@ async def http_load(
                 else:
                     result.failed += 1
 
-        async def trigger() -> None:
-            assert at is not None
-            await asyncio.sleep(at[0])
-            await asyncio.to_thread(at[1])
+        async def trigger(seconds: float, fn: Callable[[], Any]) -> None:
+            await asyncio.sleep(seconds)
+            await asyncio.to_thread(fn)
 
         tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
-        if at is not None:
-            tasks.append(asyncio.create_task(trigger()))
+        tasks += [asyncio.create_task(trigger(s, fn)) for s, fn in at or ()]
         await asyncio.gather(*tasks)
     result.seconds = time.perf_counter() - started
     return result
 
 
-REPLICA_TITLES = {"ingress": f"ServeReplica:{APP}:Api", "model_server": f"ServeReplica:{APP}:ModelServer"}
+REPLICA_TITLES = {
+    "ingress": f"ServeReplica:{APP}:Api",  # the job API: off the prediction path
+    "model_server": f"ServeReplica:{SERVING_APP}:ModelServer",
+    "bare": f"ServeReplica:{BARE_APP}:Bare",
+}
 
 
 def cpu_seconds() -> dict[str, float]:
@@ -252,7 +302,7 @@ def settings_for(db_url: str, root: Path, *, batching: bool = True, replicas: in
             "db_url": db_url,
             "artifact_root": str(root),
             "max_running_jobs": 0,
-            "ingress": {"num_cpus": 0.5},
+            "api": {"num_cpus": 0.25},
             "model_server": {
                 "num_replicas": replicas,
                 "num_cpus": 0.5,
@@ -263,23 +313,84 @@ def settings_for(db_url: str, root: Path, *, batching: bool = True, replicas: in
 
 
 def deploy(db_url: str, root: Path, port: int, *, batching: bool, replicas: int = 1) -> str:
-    """Run the application; the base URL of its ingress replica (direct ingress), else of the proxy."""
-    from serve_app.serve import ingress_urls, run_locally
+    """Run both applications; the base URL of the serving replica (direct ingress), else of the proxy."""
+    from serve_app.serve import run_locally, serving_urls
 
-    run_locally(settings_for(db_url, root, batching=batching, replicas=replicas), port=port, name=APP)
-    return (ingress_urls(APP) or [f"http://127.0.0.1:{port}"])[0]
+    settings = settings_for(db_url, root, batching=batching, replicas=replicas)
+    run_locally(settings, port=port, name=APP)
+    return (serving_urls(settings, APP) or [f"http://127.0.0.1:{port}/serving"])[0]
 
 
-def kill_a_replica_holding(model_server: Any, model_id: str) -> str:
+def bare_serve_app(paths: dict[str, str], throughput_optimized_env: dict[str, str]) -> Any:
+    """The anchor: a hand-written single-hop Serve deployment of the same ONNX files.
+
+    A FastAPI ingress with the ONNX Runtime sessions in the replica (opened as ours are: the
+    model's default target), JSON rows in, no validation, no batching; ``/{model}/predict`` and
+    ``/{model}/rank`` (one context, candidates as columns, the best ``k``); answers built as ours are
+    (``JSONResponse``, no response model).
+    """
+    from ray import serve
+
+    app = FastAPI()
+
+    class Bare:
+        def __init__(self, paths: dict[str, str]) -> None:
+            from autocompress.export import create_session
+            from autocompress.spec import Target
+
+            self.sessions = {name: create_session(path, Target()) for name, path in paths.items()}
+            self.inputs = {
+                name: [
+                    (i.name, np.float32 if i.type == "tensor(float)" else np.int64) for i in s.get_inputs()
+                ]
+                for name, s in self.sessions.items()
+            }
+
+        async def predict(self, model, request):
+            rows = (await request.json())["rows"]
+            feeds = {n: np.asarray([r[n] for r in rows], dtype=t) for n, t in self.inputs[model]}
+            (out,) = self.sessions[model].run(None, feeds)
+            return JSONResponse({"logits": out.reshape(-1).tolist()})
+
+        async def rank(self, model, request):
+            body = await request.json()
+            context, columns = body["context"], body["candidates"]["columns"]
+            n = len(next(iter(columns.values())))
+            feeds = {}
+            for name, dtype in self.inputs[model]:
+                if name in context:
+                    feeds[name] = np.repeat(np.asarray([context[name]], dtype=dtype), n, axis=0)
+                else:
+                    feeds[name] = np.asarray(columns[name], dtype=dtype)
+            logits = self.sessions[model].run(None, feeds)[0].reshape(-1)
+            best = np.argsort(-logits, kind="stable")[: body.get("k", 10)]
+            return JSONResponse({"items": [{"index": int(i), "logit": float(logits[i])} for i in best]})
+
+    # The class travels to the replica by value, where FastAPI reads the routes' signatures again:
+    # annotations must be the classes themselves, not names (this module's ``from __future__
+    # import annotations``) that the replica cannot look up.
+    for path, route in (("/{model}/predict", Bare.predict), ("/{model}/rank", Bare.rank)):
+        route.__annotations__ = {"model": str, "request": Request, "return": JSONResponse}
+        app.post(path)(route)
+    deployment = serve.deployment(name="Bare", max_ongoing_requests=64)(serve.ingress(app)(Bare))
+
+    env = {"runtime_env": {"env_vars": throughput_optimized_env}} if throughput_optimized_env else {}
+    return deployment.options(ray_actor_options={"num_cpus": 0.5, **env}).bind(paths)
+
+
+def kill_a_replica_holding(model_id: str) -> str:
     """``ray.kill`` one ``ModelServer`` replica that has the model open; its replica id."""
     import ray
+    from ray import serve
 
+    model_server = serve.get_deployment_handle("ModelServer", app_name=SERVING_APP)
     tags = set()
     for _ in range(20):
         tags.add(model_server.options(multiplexed_model_id=model_id).load.remote().result()["replica"])
     victim = sorted(tags)[0]
+    prefix = f"SERVE_REPLICA::{SERVING_APP}#ModelServer#"
     for actor in ray.util.list_named_actors(all_namespaces=True):
-        if actor["name"].startswith(f"SERVE_REPLICA::{APP}#ModelServer#") and actor["name"].endswith(victim):
+        if actor["name"].startswith(prefix) and actor["name"].endswith(victim):
             ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
             return victim
     raise RuntimeError(f"no replica actor named after {victim}")
@@ -288,8 +399,77 @@ def kill_a_replica_holding(model_server: Any, model_id: str) -> str:
 def running_replicas() -> int:
     from ray import serve
 
-    status = serve.status().applications[APP].deployments["ModelServer"]
+    status = serve.status().applications[SERVING_APP].deployments["ModelServer"]
     return int(status.replica_states.get("RUNNING", 0))
+
+
+def wait_for_alias(url: str, model_id: str, rows: list[dict[str, Any]], within_s: float = 10.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        answer = httpx.post(url, json={"rows": rows[:1]}, timeout=30)
+        if answer.status_code == 200 and answer.json()["model_id"] == model_id:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not serve {model_id} within {within_s} s")
+
+
+def alias_switch(
+    control: str,
+    direct: str,
+    models: tuple[str, str],
+    bodies: list[bytes],
+    rows: list[dict[str, Any]],
+    seconds: float,
+) -> tuple[dict[str, Any], LoadResult]:
+    """8 clients on the alias while it is promoted to ``models[1]`` and rolled back to ``models[0]``."""
+    import httpx
+
+    first, second = models
+    answer = httpx.post(f"{control}/v1/models/{first}/deploy", json={"alias": ALIAS}, timeout=60)
+    answer.raise_for_status()
+    url = f"{direct}/v1/endpoints/{ALIAS}/predict"
+    wait_for_alias(url, first, rows)
+    moved: dict[str, float] = {}
+
+    def promote() -> None:
+        httpx.post(
+            f"{control}/v1/endpoints/{ALIAS}/promote", json={"model_id": second}, timeout=60
+        ).raise_for_status()
+        moved["promoted"] = time.perf_counter()
+
+    def rollback() -> None:
+        httpx.post(f"{control}/v1/endpoints/{ALIAS}/rollback", timeout=60).raise_for_status()
+        moved["rolled_back"] = time.perf_counter()
+
+    result = asyncio.run(
+        http_load(
+            url,
+            bodies,
+            8,
+            10**6,
+            seconds,
+            at=[(seconds / 3, promote), (2 * seconds / 3, rollback)],
+            observe=True,
+        )
+    )
+
+    def reached(after: str, model_id: str) -> float | None:
+        if after not in moved:
+            return None
+        return next(
+            (t - moved[after] for t, m in result.models_seen if t >= moved[after] and m == model_id), None
+        )
+
+    row = {
+        "model": ANCHOR,
+        **result.row("alias_switch", 8),
+        "promote_reached_replica_s": reached("promoted", second),
+        "rollback_reached_replica_s": reached("rolled_back", first),
+        "answers_by_model": {m: sum(1 for _, x in result.models_seen if x == m) for m in models},
+    }
+    return row, result
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -303,7 +483,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from autocompress.serving import ModelCatalog, ModelRunner
     from autocompress.store import Store
     from serve_app.launcher import free_port
-    from serve_app.serve import init_local_ray
+    from serve_app.serve import REPLICA_ENV, ingress_urls, init_local_ray
 
     rows: list[dict[str, Any]] = []
     load_before = os.getloadavg()[0]  # other work on the machine shares its CPUs with the run
@@ -312,13 +492,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         root = work / "artifacts"
         db_url = f"sqlite:///{work / 'serve.db'}"
         models = {name: prepare_model(work, db_url, name, args.quick, arch) for name, arch in MODELS.items()}
-        bodies = {name: [json.dumps({"rows": [row]}).encode() for row in m[2]] for name, m in models.items()}
+        other = prepare_model(
+            work, db_url, f"{ANCHOR}-b", args.quick, MODELS[ANCHOR]
+        )  # what the alias moves to
+        bodies = {
+            name: [json.dumps({"rows": [row]}).encode() for row in m.rows] for name, m in models.items()
+        }
+        ranks = rank_bodies(models[ANCHOR])
 
         with Store(db_url) as store:
-            for name, (model_id, _, examples) in models.items():
-                served = ModelCatalog(store, root).get(model_id)
+            for name, prepared in models.items():
+                served = ModelCatalog(store, root).get(prepared.model_id)
                 runner = ModelRunner(served)
-                features = [served.encoder.encode([row]) for row in examples]
+                features = [served.encoder.encode([row]) for row in prepared.rows]
                 for c in CONCURRENCY:
                     result = in_process(runner, features, c, args.max_requests, args.seconds)
                     rows.append({"model": name, **result.row("in_process_ort", c)})
@@ -333,43 +519,88 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             configure_logging=False,
         )
         port = free_port()
-        try:
-            for mode, batching in (("serve_batched", True), ("serve_unbatched", False)):
-                base = deploy(db_url, root, port, batching=batching)
-                print(f"{mode}: {base}")
-                for name, (model_id, _, _) in models.items():
-                    url = f"{base}/v1/models/{model_id}/predict"
-                    asyncio.run(
-                        http_load(url, bodies[name], 8, 400, 10.0)
-                    )  # warm-up: model open, connections
-                    for c in CONCURRENCY:
-                        before = cpu_seconds()
-                        result = asyncio.run(http_load(url, bodies[name], c, args.max_requests, args.seconds))
-                        cpu = cpu_ms_per_request(before, cpu_seconds(), result.succeeded)
-                        rows.append({"model": name, **result.row(mode, c), "cpu_ms_per_request": cpu})
-                        print(rows[-1])
+        control = f"http://127.0.0.1:{port}"
 
-            kill_id = models["reference"][0]
-            url = deploy(db_url, root, port, batching=True, replicas=2) + f"/v1/models/{kill_id}/predict"
+        def measure(mode: str, model: str, url: str, load: list[bytes], c: int, per_row: int = 1) -> None:
+            before = cpu_seconds()
+            result = asyncio.run(http_load(url, load, c, args.max_requests, args.seconds))
+            cpu = cpu_ms_per_request(before, cpu_seconds(), result.succeeded)
+            row = {"model": model, **result.row(mode, c), "cpu_ms_per_request": cpu}
+            if per_row > 1:
+                row["candidates_per_s"] = row["throughput_rps"] * per_row
+            rows.append(row)
+            print(rows[-1])
+
+        try:
+            ours = deploy(db_url, root, port, batching=True)
+            serve.run(
+                bare_serve_app({n: m.path for n, m in models.items()}, dict(REPLICA_ENV)),
+                name=BARE_APP,
+                route_prefix=f"/{BARE_APP}",
+            )
+            bare = (ingress_urls(BARE_APP) or [control])[0] + f"/{BARE_APP}"
+            print(f"ours: {ours}   bare: {bare}   job API: {control}")
+            for name, prepared in models.items():
+                urls = {"serve_batched": f"{ours}/v1/models/{prepared.model_id}/predict"}
+                urls["bare_serve"] = f"{bare}/{name}/predict"
+                for url in urls.values():  # warm-up: model open, connections
+                    asyncio.run(http_load(url, bodies[name], 8, 400, 10.0))
+                for c in CONCURRENCY:  # ours and the anchor one after the other, at each point
+                    for mode, url in urls.items():
+                        measure(mode, name, url, bodies[name], c)
+
+            rank_urls = {
+                "rank_k200_serve": f"{ours}/v1/models/{models[ANCHOR].model_id}/rank",
+                "rank_k200_bare": f"{bare}/{ANCHOR}/rank",
+            }
+            for url in rank_urls.values():
+                asyncio.run(http_load(url, ranks, RANK_CONCURRENCY, 50, 10.0))
+            for mode, url in rank_urls.items():
+                measure(mode, ANCHOR, url, ranks, RANK_CONCURRENCY, per_row=RANK_CANDIDATES)
+
+            alias_row, _ = alias_switch(
+                control,
+                ours,
+                (models[ANCHOR].model_id, other.model_id),
+                bodies[ANCHOR],
+                models[ANCHOR].rows,
+                args.alias_seconds,
+            )
+            rows.append(alias_row)
+            print(alias_row)
+
+            ours = deploy(db_url, root, port, batching=False)
+            print(f"serve_unbatched: {ours}")
+            for name, prepared in models.items():
+                url = f"{ours}/v1/models/{prepared.model_id}/predict"
+                asyncio.run(http_load(url, bodies[name], 8, 400, 10.0))
+                for c in CONCURRENCY:
+                    measure("serve_unbatched", name, url, bodies[name], c)
+
+            serve.delete(BARE_APP)
+            kill_id = models[ANCHOR].model_id
+            deploy(db_url, root, port, batching=True, replicas=2)
+            url = (
+                f"{control}/serving/v1/models/{kill_id}/predict"  # the proxy: it routes around a lost replica
+            )
             deadline = time.monotonic() + 60
             while running_replicas() < 2 and time.monotonic() < deadline:
                 time.sleep(0.5)
-            model_server = serve.get_deployment_handle("ModelServer", app_name=APP)
             killed: dict[str, Any] = {}
 
             def kill() -> None:
-                killed["replica"] = kill_a_replica_holding(model_server, kill_id)
+                killed["replica"] = kill_a_replica_holding(kill_id)
                 killed["at"] = time.monotonic()
 
             kill_result = asyncio.run(
                 http_load(
                     url,
-                    bodies["reference"],
+                    bodies[ANCHOR],
                     8,
                     args.max_requests * 10,
                     args.kill_seconds,
                     retries=True,
-                    at=(args.kill_seconds / 6, kill),
+                    at=[(args.kill_seconds / 6, kill)],
                 )
             )
             recovered_s = None
@@ -378,7 +609,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     recovered_s = time.monotonic() - killed["at"]
                     break
                 time.sleep(0.5)
-            kill_row = {"model": "reference", **kill_result.row("replica_kill", 8)}
+            kill_row = {"model": ANCHOR, **kill_result.row("replica_kill", 8)}
             kill_row.update(
                 killed_replica=killed.get("replica"),
                 replicas_back_after_s=recovered_s,
@@ -390,6 +621,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             serve.shutdown()
             ray.shutdown()
 
+    return {
+        "rows": rows,
+        "summary": summarize(rows, list(models), kill_row, alias_row),
+        "setup": setup(args, models, load_before),
+    }
+
+
+def summarize(
+    rows: list[dict[str, Any]], models: list[str], kill_row: dict[str, Any], alias_row: dict[str, Any]
+) -> dict[str, Any]:
+    """The issue's figures (``ANCHOR`` model unless named), every model's under ``by_model``, the targets."""
+
     def find(model: str, mode: str, c: int) -> dict[str, Any]:
         return next(r for r in rows if r["model"] == model and r["mode"] == mode and r["concurrency"] == c)
 
@@ -398,63 +641,100 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         floor = find(name, "in_process_ort", 1)["p50_ms"]
         by_model[name] = {
             "in_process_p50_ms_c1": floor,
+            "p50_ms_c1": find(name, "serve_batched", 1)["p50_ms"],
+            "bare_serve_p50_ms_c1": find(name, "bare_serve", 1)["p50_ms"],
             "p50_overhead_ms_c1": find(name, "serve_batched", 1)["p50_ms"] - floor,
             "p50_overhead_ms_c1_unbatched": find(name, "serve_unbatched", 1)["p50_ms"] - floor,
+            "throughput_c32": find(name, "serve_batched", 32)["throughput_rps"],
+            "bare_serve_throughput_c32": find(name, "bare_serve", 32)["throughput_rps"],
             "batching_speedup_c32": find(name, "serve_batched", 32)["throughput_rps"]
             / find(name, "serve_unbatched", 32)["throughput_rps"],
             "batched_vs_in_process_throughput_c32": find(name, "serve_batched", 32)["throughput_rps"]
             / find(name, "in_process_ort", 32)["throughput_rps"],
             "cpu_ms_per_request_c1": find(name, "serve_batched", 1)["cpu_ms_per_request"],
+            "bare_serve_cpu_ms_per_request_c1": find(name, "bare_serve", 1)["cpu_ms_per_request"],
         }
+    anchor = by_model[ANCHOR]
     summary: dict[str, Any] = {
-        "model": HEADLINE,
-        "p50_overhead_ms_c1": by_model[HEADLINE]["p50_overhead_ms_c1"],
+        "model": ANCHOR,
+        "p50_ms_c1": anchor["p50_ms_c1"],
+        "bare_serve_p50_ms_c1": anchor["bare_serve_p50_ms_c1"],
+        "p50_over_bare_ms_c1": anchor["p50_ms_c1"] - anchor["bare_serve_p50_ms_c1"],
+        "p50_overhead_ms_c1": anchor["p50_overhead_ms_c1"],
+        "rank_k200_candidates_per_s_c8": find(ANCHOR, "rank_k200_serve", RANK_CONCURRENCY)[
+            "candidates_per_s"
+        ],
+        "bare_serve_k200_candidates_per_s_c8": find(ANCHOR, "rank_k200_bare", RANK_CONCURRENCY)[
+            "candidates_per_s"
+        ],
+        "throughput_c32": anchor["throughput_c32"],
+        "bare_serve_throughput_c32": anchor["bare_serve_throughput_c32"],
+        "batching_speedup_model": HEADLINE,
         "batching_speedup_c32": by_model[HEADLINE]["batching_speedup_c32"],
         "replica_kill_success_rate": kill_row["success_rate"],
+        "alias_switch_failed_requests": alias_row["failed"],
+        "alias_switch_reached_replica_s": [
+            alias_row["promote_reached_replica_s"],
+            alias_row["rollback_reached_replica_s"],
+        ],
         "by_model": by_model,
     }
+    s = summary
     summary["targets_met"] = {
-        "p50_overhead_ms_c1": summary["p50_overhead_ms_c1"] <= TARGET_OVERHEAD_MS,
-        "batching_speedup_c32": summary["batching_speedup_c32"] >= TARGET_BATCHING_SPEEDUP,
-        "replica_kill_success_rate": summary["replica_kill_success_rate"] >= TARGET_KILL_SUCCESS,
+        "p50_ms_c1_within_bare_plus_0.5_ms": s["p50_ms_c1"]
+        <= s["bare_serve_p50_ms_c1"] + TARGET_OVER_BARE_MS,
+        "p50_overhead_ms_c1": s["p50_overhead_ms_c1"] <= TARGET_OVERHEAD_MS,
+        "rank_k200_at_least_80_percent_of_bare": s["rank_k200_candidates_per_s_c8"]
+        >= TARGET_RANK_VS_BARE * s["bare_serve_k200_candidates_per_s_c8"],
+        "throughput_c32_at_least_bare": s["throughput_c32"] >= s["bare_serve_throughput_c32"],
+        "batching_speedup_c32": s["batching_speedup_c32"] >= TARGET_BATCHING_SPEEDUP,
+        "replica_kill_success_rate": s["replica_kill_success_rate"] >= TARGET_KILL_SUCCESS,
+        "alias_switch_failed_requests": s["alias_switch_failed_requests"] == 0,
     }
+    return summary
+
+
+def setup(args: argparse.Namespace, models: dict[str, Prepared], load_before: float) -> dict[str, Any]:
+    data = "tiny" if args.quick else "default"
     return {
-        "rows": rows,
-        "summary": summary,
-        "setup": {
-            "models": {
-                name: f"dlrm {arch or 'reference arch'} on the {'tiny' if args.quick else 'default'} "
-                "synthetic schema"
-                for name, arch in MODELS.items()
-            },
-            "schema_features": len(models[HEADLINE][1].feature_names),
-            "rows_per_request": 1,
-            "served_through": "the API ingress replica's own port (direct ingress), then ModelServer",
-            "cpus": os.cpu_count(),
-            "load_average_1m_before_after": [load_before, os.getloadavg()[0]],
-            "max_requests_per_point": args.max_requests,
-            "max_seconds_per_point": args.seconds,
-            "kill_run_seconds": args.kill_seconds,
+        "models": {
+            name: f"dlrm {arch or 'reference arch'} on the {data} synthetic schema"
+            for name, arch in MODELS.items()
         },
+        "schema_features": len(models[HEADLINE].schema.feature_names),
+        "rows_per_request": 1,
+        "served_through": "the ModelServer replica's own port (direct ingress): one hop, the sessions there",
+        "bare_serve": "hand-written Serve deployment: FastAPI, ONNX Runtime in the replica, JSON rows, "
+        "no validation, no batching; same Serve mode, its own direct-ingress port",
+        "rank": f"a context, {RANK_CANDIDATES} candidates as columns, k={RANK_K}, {RANK_CONCURRENCY} clients",
+        "replica_kill_through": "the HTTP proxy (/serving), two ModelServer replicas",
+        "cpus": os.cpu_count(),
+        "load_average_1m_before_after": [load_before, os.getloadavg()[0]],
+        "max_requests_per_point": args.max_requests,
+        "max_seconds_per_point": args.seconds,
+        "kill_run_seconds": args.kill_seconds,
+        "alias_run_seconds": args.alias_seconds,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny data, short load points (a smoke run)")
     parser.add_argument("--seconds", type=float, default=None, help="max seconds per load point (default 8)")
     parser.add_argument("--max-requests", type=int, default=None, help="max requests per load point")
     parser.add_argument("--kill-seconds", type=float, default=None, help="length of the replica-kill run")
+    parser.add_argument("--alias-seconds", type=float, default=None, help="length of the alias-switch run")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args(argv)
     args.seconds = args.seconds or (2.0 if args.quick else 8.0)
     args.max_requests = args.max_requests or (500 if args.quick else 20000)
     args.kill_seconds = args.kill_seconds or (12.0 if args.quick else 30.0)
+    args.alias_seconds = args.alias_seconds or (6.0 if args.quick else 15.0)
     result = run(args)
 
-    table = Table(title="serving load: Ray Serve over HTTP vs in-process ONNX Runtime (1 row per request)")
+    table = Table(title="serving load: one-hop Ray Serve vs bare Serve vs in-process ONNX Runtime")
     columns = ("model", "mode", "clients", "requests", "failed", "req/s", "p50 ms", "p99 ms")
-    for col in (*columns, "CPU ms/req client/ingress/model"):
+    for col in (*columns, "CPU ms/req client/api/model/bare"):
         table.add_column(col, justify="right")
     for r in result["rows"]:
         cpu = r.get("cpu_ms_per_request") or {}
@@ -469,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['p99_ms']:.2f}",
             "/".join(f"{ms:.2f}" for ms in cpu.values()),
         )
-    console = Console(width=140)
+    console = Console(width=150)
     console.print(table)
     console.print(result["summary"])
     args.out.parent.mkdir(parents=True, exist_ok=True)

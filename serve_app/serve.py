@@ -1,23 +1,26 @@
-"""The one Ray Serve application: the API ingress (jobs, models, serving routes) and the model deployment.
+"""The two Ray Serve applications: the job API (control plane) and the prediction ingress (data plane).
 
-``build_app(args)`` is the application builder ``serve deploy serve_app/config.yaml`` and
-``serve run serve_app.serve:build_app`` call; ``run_locally`` is what ``autocompress serve``
-does. The ingress (``Api``) is the FastAPI app of ``serve_app.api.create_app`` with the serving
-routes of ``serve_app.inference``, whose predictor is a handle to ``ModelServer``
-(``serve_app.deployments``): multiplexed ONNX Runtime sessions with dynamic batching, which the
-ingress replica also does per model before the call. Replicas, autoscaling (min / max replicas,
-target ongoing requests) and batching come from ``ServeSettings``. On a Ray started with
-``cluster_env`` every ingress replica also answers on a port of its own (``ingress_urls``),
-without the HTTP proxy's hop.
+``autocompress`` (route prefix ``/``) is the job API of ``serve_app.api.create_app`` (jobs, models,
+deploy / promote / rollback, the dashboard) in the ``Api`` deployment: it is never on a
+prediction's path; its prediction URLs answer 307 to the serving application. ``autocompress-serving``
+(route prefix ``model_server.route_prefix``, ``/serving``) is the ``ModelServer`` deployment
+(``serve_app.deployments``): replicas that are the HTTP ingress for predictions and hold the ONNX
+Runtime sessions (multiplexed by model id, batched per model in the replica), with aliases read
+from the store in the background. ``build_control_app`` and ``build_serving_app`` are the
+application builders ``serve_app/config.yaml`` names (``serve deploy`` / ``serve run``);
+``run_locally`` is what ``autocompress serve`` does: both, on one HTTP proxy. On a Ray started
+with ``cluster_env`` every ingress replica also answers on a port of its own (``ingress_urls``),
+without the proxy's hop: a prediction is then one HTTP request to the replica that runs it.
 
 Operations
 ----------
-* ``GET /healthz``: the database answers; Serve calls ``ModelServer.check_health`` on every
-  replica and replaces one that fails.
+* ``GET /healthz`` (job API): the database answers; ``GET /serving/v2/health/ready``: a serving
+  replica answers. Serve calls ``ModelServer.check_health`` on every replica and replaces one that
+  fails.
 * Request ids: Ray Serve gives every request an id (``X-Request-ID`` in the response); replica log
   lines (``<ray session>/logs/serve/replica_*.log``) carry it, including the ``autocompress``
   library's lines, which are routed through Serve's logger. Without Serve, the serving routes
-  take ``X-Request-ID`` or make one; ``serve_app.inference.RequestIdFilter`` on a log handler
+  take ``X-Request-ID`` or make one; ``serve_app.api.inference.RequestIdFilter`` on a log handler
   stamps it on every line.
 * Prometheus: Ray exports metrics on each node's metrics port (``ray start
   --metrics-export-port=PORT``, or ``autocompress serve --metrics-port PORT``) at
@@ -26,10 +29,9 @@ Operations
   ``serve_deployment_request_counter_total``, ``serve_deployment_processing_latency_ms`` and
   ``serve_deployment_error_counter_total`` (by deployment and replica),
   ``serve_replica_processing_queries`` (in-flight requests, what autoscaling targets),
-  ``serve_batch_utilization_percent``, ``serve_batch_queue_length``, ``serve_batch_wait_time_ms``
-  and ``serve_batch_execution_time_ms`` (dynamic batching), ``serve_multiplexed_model_load_latency_ms``,
-  ``serve_num_multiplexed_models`` and ``serve_multiplexed_models_unload_counter_total`` (the
-  per-replica model LRU), ``serve_deployment_replica_starts_total`` (replicas replaced).
+  ``serve_multiplexed_model_load_latency_ms``, ``serve_num_multiplexed_models`` and
+  ``serve_multiplexed_models_unload_counter_total`` (the per-replica model LRU),
+  ``serve_deployment_replica_starts_total`` (replicas replaced).
 """
 
 from __future__ import annotations
@@ -42,17 +44,14 @@ from pydantic import Field, model_validator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from autocompress.serving import Predictor
+from autocompress.serving import BatchPolicy
 from autocompress.spec import SpecModel
-from serve_app.deployments import (
-    DEFAULT_BATCH_WAIT_TIMEOUT_S,
-    DEFAULT_MAX_BATCH_SIZE,
-    HandlePredictor,
-    ModelServer,
-    route_library_logs,
-)
+from serve_app.api.inference import ALIAS_REFRESH_S
+from serve_app.deployments import ModelServer, ModelServerLoader, route_library_logs
 
 APP_NAME = "autocompress"
+SERVING_APP_NAME = "autocompress-serving"
+SERVING_ROUTE_PREFIX = "/serving"
 # Ray Serve's latency switches, in the replicas' runtime env (right on any cluster): user code
 # and the handle's router on the replica's own event loop, gRPC rather than actor calls between
 # deployments, and log lines written as they happen.
@@ -91,6 +90,9 @@ class Autoscaling(SpecModel):
         return self
 
 
+_DEFAULT_BATCHING = BatchPolicy()
+
+
 class Batching(SpecModel):
     """Dynamic batching of one model's requests: up to ``max_batch_size``, waiting at most the timeout.
 
@@ -99,20 +101,17 @@ class Batching(SpecModel):
     """
 
     enabled: bool = True
-    max_batch_size: int = Field(default=DEFAULT_MAX_BATCH_SIZE, ge=1, le=4096)
-    batch_wait_timeout_s: float = Field(default=DEFAULT_BATCH_WAIT_TIMEOUT_S, ge=0, le=1)
+    max_batch_size: int = Field(default=_DEFAULT_BATCHING.max_batch_size, ge=1, le=4096)
+    batch_wait_timeout_s: float = Field(default=_DEFAULT_BATCHING.batch_wait_timeout_s, ge=0, le=1)
 
     def user_config(self) -> dict[str, Any]:
         """What ``ModelServer.reconfigure`` reads."""
-        return {
-            "batching": self.enabled,
-            "max_batch_size": self.max_batch_size,
-            "batch_wait_timeout_s": self.batch_wait_timeout_s,
-        }
+        return BatchPolicy(self.enabled, self.max_batch_size, self.batch_wait_timeout_s).user_config()
 
 
 class ModelDeploymentSettings(SpecModel):
-    """``ModelServer`` replicas: a count or ``autoscaling``, CPUs, queue bound, model LRU, batching."""
+    """``ModelServer``, the prediction ingress: replicas or ``autoscaling``, CPUs, queue bound, model
+    LRU, batching, its route prefix, and how often a replica reads the alias table."""
 
     num_replicas: int = Field(default=1, ge=1)
     autoscaling: Autoscaling | None = None
@@ -120,10 +119,12 @@ class ModelDeploymentSettings(SpecModel):
     max_ongoing_requests: int = Field(default=64, ge=1)
     max_models_per_replica: int = Field(default=8, ge=1)
     batching: Batching = Field(default_factory=Batching)
+    route_prefix: str = Field(default=SERVING_ROUTE_PREFIX, pattern=r"^/[A-Za-z0-9._-]+$")
+    alias_refresh_s: float = Field(default=ALIAS_REFRESH_S, ge=0.05, le=60)
 
 
-class IngressSettings(SpecModel):
-    """Replicas of the API ingress."""
+class ApiSettings(SpecModel):
+    """Replicas of the job API (the control plane)."""
 
     num_replicas: int = Field(default=1, ge=1)
     num_cpus: float = Field(default=0.5, ge=0)
@@ -131,14 +132,14 @@ class IngressSettings(SpecModel):
 
 
 class ServeSettings(SpecModel):
-    """The whole application: database, artifact root, API auth and jobs, and both deployments.
+    """Both applications: database, artifact root, API auth and jobs, the job API and the model server.
 
     ``artifact_root`` is the only folder models are loaded from (the job API's ``work_dir``);
     a registered model's relative path is taken from ``base_dir`` (default: the working directory
-    where the app is built). ``max_running_jobs`` > 0 lets the ingress launch search jobs on
+    where the app is built). ``max_running_jobs`` > 0 lets the job API launch search jobs on
     ``ray_address`` (default: the cluster the app runs on). ``throughput_optimized`` runs both
     deployments with Ray Serve's latency switches (``REPLICA_ENV``; a Ray started with
-    ``cluster_env`` adds direct ingress).
+    ``cluster_env`` adds direct ingress). The bearer token guards both applications alike.
     """
 
     db_url: str = Field(min_length=1)
@@ -149,7 +150,7 @@ class ServeSettings(SpecModel):
     max_running_jobs: int = Field(default=1, ge=0)
     ray_address: str | None = None
     throughput_optimized: bool = True
-    ingress: IngressSettings = Field(default_factory=IngressSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     model_server: ModelDeploymentSettings = Field(default_factory=ModelDeploymentSettings)
 
     def resolved(self) -> ServeSettings:
@@ -164,8 +165,8 @@ class ServeSettings(SpecModel):
         )
 
 
-def api_app(settings: ServeSettings, predictor: Predictor | None = None) -> FastAPI:
-    """The job API's FastAPI app with the serving routes; models run on ``predictor`` (default: here)."""
+def api_app(settings: ServeSettings) -> FastAPI:
+    """The job API's FastAPI app with the serving routes, predictions answered in this process."""
     from serve_app.api import Settings, create_app
 
     app = create_app(
@@ -178,32 +179,31 @@ def api_app(settings: ServeSettings, predictor: Predictor | None = None) -> Fast
             ray_address=settings.ray_address,
         )
     )
-    app.state.predictor = predictor
     app.state.artifact_base_dir = settings.base_dir
+    return app
+
+
+def control_app(settings: ServeSettings, serving_app_name: str = SERVING_APP_NAME) -> FastAPI:
+    """The job API as the control plane: predictions are the serving application's (307 there),
+    and deploy / promote open models on its replicas before an alias moves."""
+    app = api_app(settings)
+    app.state.predictions_at = settings.model_server.route_prefix
+    app.state.model_loader = ModelServerLoader(serving_app_name)
     return app
 
 
 @serve.deployment(name="Api", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
 @serve.ingress()
 class Api:
-    """The ingress: the API app, built on the replica, with ``ModelServer`` behind the serving routes."""
+    """The job API (control plane), built on the replica."""
 
-    def __init__(self, model_server: DeploymentHandle, settings: dict[str, Any]) -> None:
+    def __init__(self, settings: dict[str, Any], serving_app_name: str = SERVING_APP_NAME) -> None:
         route_library_logs()
         self._settings = ServeSettings.from_dict(settings)
-        if self._settings.throughput_optimized:  # the handle keeps the options of where it was made
-            model_server = model_server.options(_by_reference=False)
-        m = self._settings.model_server
-        replicas = m.autoscaling.max_replicas if m.autoscaling else m.num_replicas
-        # two calls out per model replica: one runs while the next fills, so neither side waits
-        self._predictor = HandlePredictor(model_server, max_in_flight=2 * replicas)
-
-    def reconfigure(self, config: dict[str, Any]) -> None:
-        """``user_config``: the model deployment's batching, which this replica's calls to it follow."""
-        self._predictor.reconfigure(config)
+        self._serving_app_name = serving_app_name
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return api_app(self._settings, self._predictor)
+        return control_app(self._settings, self._serving_app_name)
 
 
 def _replica_env(settings: ServeSettings) -> dict[str, Any]:
@@ -213,14 +213,38 @@ def _replica_env(settings: ServeSettings) -> dict[str, Any]:
     return {"runtime_env": {"env_vars": dict(REPLICA_ENV)}}
 
 
-def build_app(args: dict[str, Any]) -> Any:
-    """The Serve application from ``ServeSettings`` fields (the ``args`` of ``serve_app/config.yaml``)."""
+def _settings(args: dict[str, Any]) -> ServeSettings:
     settings = ServeSettings.from_dict(args, where="args").resolved()
     if settings.max_running_jobs > 0 and settings.ray_address is None:
         import ray
 
         if ray.is_initialized():
             settings = settings.model_copy(update={"ray_address": ray.get_runtime_context().gcs_address})
+    return settings
+
+
+def build_control_app(args: dict[str, Any]) -> Any:
+    """The job API application from ``ServeSettings`` fields (``serve_app/config.yaml``'s ``args``).
+
+    ``serving_app`` (an extra arg, default ``autocompress-serving``) names the serving application.
+    """
+    args = dict(args)
+    serving_app_name = str(args.pop("serving_app", SERVING_APP_NAME))
+    settings = _settings(args)
+    return Api.options(  # type: ignore[attr-defined]
+        num_replicas=settings.api.num_replicas,
+        max_ongoing_requests=settings.api.max_ongoing_requests,
+        ray_actor_options={"num_cpus": settings.api.num_cpus, **_replica_env(settings)},
+    ).bind(settings.to_dict(), serving_app_name)
+
+
+def build_serving_app(args: dict[str, Any]) -> Any:
+    """The prediction application (``ModelServer``) from the same ``ServeSettings`` fields.
+
+    Its route prefix is the application's (``route_prefix`` in the config); give
+    ``model_server.route_prefix`` the same value, which the job API redirects predictions to.
+    """
+    settings = _settings(args)
     m = settings.model_server
     options: dict[str, Any] = {
         "max_ongoing_requests": m.max_ongoing_requests,
@@ -231,15 +255,15 @@ def build_app(args: dict[str, Any]) -> Any:
         options["autoscaling_config"] = m.autoscaling.to_dict()
     else:
         options["num_replicas"] = m.num_replicas
-    model_server = ModelServer.options(**options).bind(  # type: ignore[attr-defined]
-        settings.db_url, settings.artifact_root, settings.base_dir, m.max_models_per_replica
+    return ModelServer.options(**options).bind(  # type: ignore[attr-defined]
+        settings.db_url,
+        settings.artifact_root,
+        settings.base_dir,
+        m.max_models_per_replica,
+        api_token=settings.api_token,
+        api_auth=settings.api_auth,
+        alias_refresh_s=m.alias_refresh_s,
     )
-    return Api.options(  # type: ignore[attr-defined]
-        user_config=m.batching.user_config(),
-        num_replicas=settings.ingress.num_replicas,
-        max_ongoing_requests=settings.ingress.max_ongoing_requests,
-        ray_actor_options={"num_cpus": settings.ingress.num_cpus, **_replica_env(settings)},
-    ).bind(model_server, settings.to_dict())
 
 
 def cluster_env(settings: ServeSettings) -> dict[str, str]:
@@ -272,9 +296,29 @@ def init_local_ray(settings: ServeSettings, **init_args: Any) -> None:
 def run_locally(
     settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000, name: str = APP_NAME
 ) -> DeploymentHandle:
-    """Start Serve's HTTP proxy on ``host:port`` (Ray must be initialised) and run the application."""
+    """Start Serve's HTTP proxy on ``host:port`` (Ray must be initialised) and run both applications:
+    the serving one (``<name>-serving`` at ``model_server.route_prefix``) first, then the job API at ``/``."""
     serve.start(http_options={"host": host, "port": port})
-    return serve.run(build_app(settings.to_dict()), name=name, route_prefix="/")
+    serving = serving_app_name(name)
+    serve.run(
+        build_serving_app(settings.to_dict()),
+        name=serving,
+        route_prefix=settings.model_server.route_prefix,
+    )
+    return serve.run(
+        build_control_app({**settings.to_dict(), "serving_app": serving}), name=name, route_prefix="/"
+    )
+
+
+def serving_app_name(name: str = APP_NAME) -> str:
+    """The serving application's name next to the job API application ``name``."""
+    return SERVING_APP_NAME if name == APP_NAME else f"{name}-serving"
+
+
+def serving_urls(settings: ServeSettings, name: str = APP_NAME) -> list[str]:
+    """Base URLs of the serving replicas themselves (direct ingress): ``http://host:port/serving``."""
+    prefix = settings.model_server.route_prefix
+    return [url + prefix for url in ingress_urls(serving_app_name(name))]
 
 
 def ingress_urls(name: str = APP_NAME) -> list[str]:

@@ -1,4 +1,5 @@
-"""``autocompress serve`` (Ray, Ray Serve, the API and the store in one command) and ``autocompress predict``.
+"""``autocompress serve`` (Ray, Ray Serve, the job API, the model server and the store in one command)
+and ``autocompress predict``.
 
 Ray, Ray Serve and the serving library are imported inside the commands, so ``--help`` stays fast.
 """
@@ -32,7 +33,9 @@ def serve(
     artifact_root: ArtifactRoot = Path("runs"),
     host: Annotated[str, typer.Option(help="HTTP address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port")] = 8000,
-    replicas: Annotated[int, typer.Option(help="model server replicas (without autoscaling)")] = 1,
+    replicas: Annotated[
+        int, typer.Option(help="model server (prediction) replicas, without autoscaling")
+    ] = 1,
     max_replicas: Annotated[
         int | None, typer.Option(help="autoscale the model server between --min-replicas and this")
     ] = None,
@@ -55,7 +58,10 @@ def serve(
     ] = None,
     ray_temp_dir: Annotated[Path | None, typer.Option(help="temp folder of the local Ray")] = None,
 ) -> None:
-    """Serve the API and the registered models: Ray, Ray Serve, the job API and the store, until Ctrl-C."""
+    """Serve the job API and the registered models (Ray, Ray Serve, both apps, the store) until Ctrl-C.
+
+    Predictions are answered under /serving: by the model server replicas, which hold the models.
+    """
     from autocompress.store import default_store_url
 
     settings_args: dict[str, Any] = {
@@ -82,7 +88,7 @@ def serve(
     from ray import serve as ray_serve
 
     from autocompress.local_ray import local_ray_env
-    from serve_app.serve import ServeSettings, ingress_urls, init_local_ray, run_locally
+    from serve_app.serve import ServeSettings, init_local_ray, run_locally, serving_urls
 
     settings = ServeSettings.from_dict(settings_args, where="serve")
     Path(settings.artifact_root).mkdir(parents=True, exist_ok=True)
@@ -111,8 +117,16 @@ def serve(
     node = ray.get_runtime_context().get_node_id()
     metrics = next((n.get("MetricsExportPort") for n in ray.nodes() if n.get("NodeID") == node), None)
     console.print(f"serving on http://{host}:{port} (health: /healthz, API docs: /docs)", highlight=False)
-    for url in ingress_urls():
-        console.print(f"and on {url}, the API replica itself (no proxy hop: lowest latency)", highlight=False)
+    prefix = settings.model_server.route_prefix
+    console.print(
+        f"predictions on http://{host}:{port}{prefix} (e.g. {prefix}/v1/endpoints/<alias>/predict, "
+        f"{prefix}/v2/models/<alias>/infer)",
+        highlight=False,
+    )
+    for url in serving_urls(settings):
+        console.print(
+            f"and on {url}, a model server replica itself (no proxy hop: lowest latency)", highlight=False
+        )
     console.print(f"models from {settings.artifact_root}, database {settings.db_url}", highlight=False)
     if metrics:
         console.print(f"Prometheus metrics: http://127.0.0.1:{metrics}/metrics", highlight=False)
@@ -148,7 +162,9 @@ def _predict_over_http(url: str, path: str, rows: list[Any]) -> dict[str, Any]:
     if token:
         headers["Authorization"] = f"Bearer {token}"
     try:
-        response = httpx.post(url.rstrip("/") + path, json={"rows": rows}, headers=headers, timeout=60)
+        response = httpx.post(  # the job API answers predictions with a redirect to the model server
+            url.rstrip("/") + path, json={"rows": rows}, headers=headers, timeout=60, follow_redirects=True
+        )
     except httpx.HTTPError as exc:
         raise AutocompressError(f"--url: {url} cannot be reached: {exc}") from None
     if response.status_code != 200:
@@ -192,7 +208,10 @@ def predict(
         ),
     ] = "-",
     url: Annotated[
-        str | None, typer.Option(help="a running server (http://127.0.0.1:8000); default: run the model here")
+        str | None,
+        typer.Option(
+            help="a running server (http://127.0.0.1:8000, or .../serving); default: run the model here"
+        ),
     ] = None,
     db: Db = None,
     artifact_root: ArtifactRoot = Path("runs"),

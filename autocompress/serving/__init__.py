@@ -1,29 +1,33 @@
-"""Serving library: request validation, ranking, two-tower embeddings and ONNX Runtime runners.
+"""Serving library: payloads, aliases, batching, ONNX Runtime runners, and the prediction service.
 
 Everything the Ray Serve application (``serve_app``) and the API routes do with a model lives
-here and is tested without Ray or HTTP: a request's rows are checked against the model's
-FeatureSchema and turned into ONNX inputs (``RequestEncoder``), a ``ModelCatalog`` finds a
-registered model by id or alias and checks that its file is inside the artifact root and opens
-in ONNX Runtime (``check_onnx_loads``), and a ``ModelRunner`` holds its ONNX Runtime session.
-``register_trial`` registers any finished trial of a job as a model (the winner included).
+here and is tested without Ray or HTTP: a request's feature values (rows, columns, or Open
+Inference Protocol tensors, ``_oip``) are checked against the model's FeatureSchema and turned
+into ONNX inputs (``RequestEncoder``), a ``ModelCatalog`` finds a registered model by id and checks
+that its file is inside the artifact root and opens in ONNX Runtime (``check_onnx_loads``), a
+``ModelRunner`` holds its ONNX Runtime session, a ``ModelBatcher`` runs a model's concurrent
+requests together, an ``AliasTable`` resolves aliases from memory, and ``PredictionService`` ties
+them into what a serving replica answers. ``register_trial`` registers any finished trial of a
+job as a model (the winner included).
 """
 
+from autocompress.serving._aliases import AliasTable, keep_aliases_fresh, read_aliases
+from autocompress.serving._batcher import BatchPolicy, ModelBatcher
 from autocompress.serving._catalog import ModelCatalog, ServedModel, check_onnx_loads, resolve_artifact
 from autocompress.serving._encoders import ENCODERS_FILE, FeatureEncoders, load_encoders
+from autocompress.serving._oip import infer_columns, infer_response, model_metadata
 from autocompress.serving._payload import (
     MAX_ROWS,
+    Columns,
     Features,
-    PackedFeatures,
     PayloadError,
     RequestEncoder,
     join_features,
-    pack_features,
     probabilities,
     split_rows,
     top_k,
-    unpack_features,
 )
-from autocompress.serving._predictor import LocalPredictor, Predictor, deploy_job_winner
+from autocompress.serving._predictor import LocalPredictor, deploy_job_winner
 from autocompress.serving._registration import (
     MODEL_NAME_PATTERN,
     MODELS_FOLDER,
@@ -31,6 +35,7 @@ from autocompress.serving._registration import (
     register_trial,
 )
 from autocompress.serving._runner import ModelRunner
+from autocompress.serving._service import PredictionService, RunnerSource
 from autocompress.serving._two_tower import SIDES, Side, TowerTensors, extract_towers, find_towers
 
 __all__ = [
@@ -39,15 +44,19 @@ __all__ = [
     "MODELS_FOLDER",
     "MODEL_NAME_PATTERN",
     "SIDES",
+    "AliasTable",
+    "BatchPolicy",
+    "Columns",
     "FeatureEncoders",
     "Features",
     "LocalPredictor",
+    "ModelBatcher",
     "ModelCatalog",
     "ModelRunner",
-    "PackedFeatures",
     "PayloadError",
-    "Predictor",
+    "PredictionService",
     "RequestEncoder",
+    "RunnerSource",
     "ServedModel",
     "Side",
     "TowerTensors",
@@ -56,13 +65,16 @@ __all__ = [
     "deploy_job_winner",
     "extract_towers",
     "find_towers",
+    "infer_columns",
+    "infer_response",
     "join_features",
+    "keep_aliases_fresh",
     "load_encoders",
-    "pack_features",
+    "model_metadata",
     "probabilities",
+    "read_aliases",
     "register_trial",
     "resolve_artifact",
     "split_rows",
     "top_k",
-    "unpack_features",
 ]

@@ -1,20 +1,26 @@
-"""Request payloads -> model inputs: JSON rows of named features checked against the FeatureSchema.
+"""Request payloads -> model inputs: feature values checked against the FeatureSchema.
 
-A row is an object ``{feature name: value}``. Without fitted encoders (see ``_encoders``) values are
-what training fed the model: a dense feature is a finite number, a single-hot sparse feature an
-integer id, a multi-hot feature a list of ids (the first ``max_len`` kept, as the loaders keep
-them) and a sequence a list of ids, most recent last (the last ``max_len`` kept, padded on the
-left with ``PAD_ID``). An id outside ``[0, vocab_size)`` becomes ``OOV_ID``, the bucket training
-gives every value it never saw. With encoders, values are raw and are mapped by the vocabulary
-and scaler fitted on the train split, exactly as the loader did.
+Three payload forms carry the same values: rows (``[{feature name: value}, ...]``), columns
+(``{"columns": {feature name: [value per row, ...]}}``) and the named tensors of the Open
+Inference Protocol (``_oip``). Each is first turned into ``Columns`` (the values of each feature,
+one per row, and how to name a value's place in the request), and ``RequestEncoder.encode_columns``
+is the one path that checks and encodes them.
 
-Every refusal is a ``PayloadError`` whose ``field`` names the row and the feature
-(``rows[3].item_price``); the API answers it with 422.
+Without fitted encoders (see ``_encoders``) values are what training fed the model: a dense feature
+is a finite number, a single-hot sparse feature an integer id, a multi-hot feature a list of ids
+(the first ``max_len`` kept, as the loaders keep them) and a sequence a list of ids, most recent
+last (the last ``max_len`` kept, padded on the left with ``PAD_ID``). An id outside
+``[0, vocab_size)`` becomes ``OOV_ID``, the bucket training gives every value it never saw. With
+encoders, values are raw and are mapped by the vocabulary and scaler fitted on the train split,
+exactly as the loader did.
+
+Every refusal is a ``PayloadError`` whose ``field`` names where, in the request's own terms
+(``rows[3].item_price``, ``columns.item_price[3]``, ``inputs.item_price[3]``); the API answers it
+with 422.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,10 +35,15 @@ from autocompress.serving._encoders import FeatureEncoders
 MAX_ROWS = 10_000
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _SCALARS = (str, int, float, bool, type(None))
+_NUMBERS = frozenset({int, float})
+_NUMBERS_OR_NULL = frozenset({int, float, type(None)})
+_INTS = frozenset({int})
+_SHORT = 64  # columns up to this long are checked in Python: numpy's per-call cost is larger
 
 Kind = Literal["dense", "id", "multi_hot", "sequence"]
 Features = dict[str, np.ndarray]
-PackedFeatures = tuple[tuple[tuple[str, str, tuple[int, ...]], ...], bytes]
+Label = Callable[[str, int], str]
+"""Where the value of a feature in a row is, in the request's own terms: (feature, row) -> ``rows[3].x``."""
 
 
 class PayloadError(AutocompressError):
@@ -41,6 +52,16 @@ class PayloadError(AutocompressError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+@dataclass(frozen=True)
+class Columns:
+    """A request's feature values, one list per feature with one value per row: the form rows,
+    columns and Open Inference Protocol tensors are all turned into before they are checked."""
+
+    values: Mapping[str, Sequence[Any]]
+    n_rows: int
+    where: Label
 
 
 @dataclass(frozen=True)
@@ -67,11 +88,29 @@ def _type_name(value: object) -> str:
 
 def _ids_in_vocabulary(values: Sequence[int], vocab_size: int) -> np.ndarray:
     """Integer ids as int64, those outside ``[0, vocab_size)`` (however large) replaced by ``OOV_ID``."""
-    return np.array([v if 0 <= v < vocab_size else OOV_ID for v in values], dtype=np.int64)
+    if len(values) <= _SHORT:  # a request's row or two: one numpy call, not four
+        return np.array([v if 0 <= v < vocab_size else OOV_ID for v in values], dtype=np.int64)
+    try:
+        ids = np.array(values, dtype=np.int64)
+    except OverflowError:  # an id beyond int64: compare in Python
+        return np.array([v if 0 <= v < vocab_size else OOV_ID for v in values], dtype=np.int64)
+    return np.where((ids >= 0) & (ids < vocab_size), ids, OOV_ID)
+
+
+def _rows_label(where: str) -> Label:
+    return lambda feature, i: f"{where}[{i}].{feature}"
+
+
+def _one_row_label(where: str) -> Label:
+    return lambda feature, _i: f"{where}.{feature}"
+
+
+def _column_label(where: str) -> Label:
+    return lambda feature, i: f"{where}.{feature}[{i}]"
 
 
 class RequestEncoder:
-    """Validates JSON rows against one model's ``FeatureSchema`` and builds its ONNX inputs.
+    """Validates a request's feature values against one model's ``FeatureSchema`` and builds its ONNX inputs.
 
     Built once per served model (the per-feature rules are precomputed) and shared by every
     request for it.
@@ -105,12 +144,31 @@ class RequestEncoder:
         self._specs = specs
         self._names = schema.feature_names
 
+    @property
+    def feature_names(self) -> list[str]:
+        """Every input the model takes, in schema order."""
+        return list(self._names)
+
+    def kind(self, feature: str) -> Kind:
+        """How the feature's values look: a number, an id, or a list of ids (multi-hot, sequence)."""
+        return self._specs[feature].kind
+
+    def max_len(self, feature: str) -> int:
+        """The number of ids a multi-hot or sequence feature keeps (1 for the others)."""
+        return self._specs[feature].max_len
+
+    def takes_raw_values(self, feature: str) -> bool:
+        """Whether the feature's values are raw (mapped by a fitted vocabulary) rather than ids."""
+        return self._specs[feature].vocabulary is not None
+
     def side_features(self, side: Literal["user", "item"]) -> list[str]:
         """Inputs of one tower of a two-tower model: item-side, or user- and context-side features."""
         if side == "item":
             return self.schema.features_on("item")
         item = set(self.schema.features_on("item"))
         return [n for n in self._names if n not in item]
+
+    # -- the payload forms -> Columns ---------------------------------------------------------------
 
     def encode(
         self,
@@ -126,58 +184,119 @@ class RequestEncoder:
         feature outside them is refused with ``not_here`` as the reason.
         """
         _check_rows(rows, where)
-        return self._encode(rows, list(features or self._names), lambda i: f"{where}[{i}]", not_here)
+        wanted = list(features or self._names)
+        return self.encode_columns(self._row_columns(rows, wanted, where, not_here))
 
-    def encode_ranking(self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> Features:
+    def encode_payload(
+        self,
+        body: object,
+        *,
+        features: Sequence[str] | None = None,
+        not_here: str = "not an input here",
+    ) -> tuple[Features, int]:
+        """Model inputs and the row count of a body that holds ``rows`` or ``columns`` (and nothing else)."""
+        if not isinstance(body, Mapping):
+            raise PayloadError("body", f"must be an object with 'rows' or 'columns', got {_type_name(body)}")
+        forms = [key for key in ("rows", "columns") if key in body]
+        for key in body:
+            if key not in ("rows", "columns"):
+                raise PayloadError(f"body.{key}", "unknown field; allowed: ['columns', 'rows']")
+        if len(forms) != 1:
+            raise PayloadError(
+                "body", "give 'rows' (a list of objects) or 'columns' (an object of lists), one of them"
+            )
+        wanted = list(features or self._names)
+        if forms[0] == "rows":
+            rows = body["rows"]
+            _check_rows(rows, "rows")
+            columns = self._row_columns(rows, wanted, "rows", not_here)
+        else:
+            columns = self.columns(body["columns"], features=wanted, where="columns", not_here=not_here)
+        return self.encode_columns(columns), columns.n_rows
+
+    def columns(
+        self,
+        block: object,
+        *,
+        features: Sequence[str] | None = None,
+        where: str = "columns",
+        not_here: str = "not an input here",
+    ) -> Columns:
+        """``Columns`` of a block ``{feature: [value per row, ...]}``: each feature once, equal lengths."""
+        if not isinstance(block, Mapping):
+            raise PayloadError(where, f"must be an object of feature columns, got {_type_name(block)}")
+        wanted = list(features or self._names)
+        self._check_names(block, set(wanted), lambda key: f"{where}.{key}", not_here)
+        for name in wanted:
+            if name not in block:
+                raise PayloadError(f"{where}.{name}", f"missing feature {name!r}")
+        if not wanted:
+            raise PayloadError(where, "no feature is left to give here")
+        n_rows = -1
+        for name in wanted:
+            column = block[name]
+            if type(column) is not list:
+                raise PayloadError(
+                    f"{where}.{name}", f"must be an array of values, one per row, got {_type_name(column)}"
+                )
+            if n_rows < 0:
+                n_rows, first = len(column), name
+            elif len(column) != n_rows:
+                raise PayloadError(
+                    f"{where}.{name}",
+                    f"has {len(column)} values, {where}.{first} has {n_rows}; "
+                    "every column needs one value per row",
+                )
+        if not 1 <= n_rows <= MAX_ROWS:
+            raise PayloadError(where, f"must hold 1 to {MAX_ROWS} rows, got {n_rows}")
+        return Columns({name: block[name] for name in wanted}, n_rows, _column_label(where))
+
+    def encode_ranking(self, context: Mapping[str, Any], candidates: object) -> Features:
         """Inputs for scoring ``candidates`` in one ``context``: the context's features repeated per row.
 
-        Each feature is given once, in the context (the user and query) or in every candidate
-        (the items); one given in both is refused.
+        Each feature is given once, in the context (the user and query) or for every candidate
+        (the items); one given in both is refused. ``candidates`` are rows or ``{"columns": {...}}``.
         """
         if not isinstance(context, Mapping):
             raise PayloadError("context", f"must be an object of feature values, got {_type_name(context)}")
-        _check_rows(candidates, "candidates")
         in_context = [n for n in self._names if n in context]
-        shared = self._encode([context], in_context, lambda _i: "context", "not a feature")
-        features = self._encode(
-            candidates,
-            [n for n in self._names if n not in context],
-            lambda i: f"candidates[{i}]",
-            "already given in context",
+        shared = self.encode_columns(
+            self._row_columns([context], in_context, "context", "not a feature", one_row=True)
         )
-        n = len(candidates)
+        rest = [n for n in self._names if n not in context]
+        if isinstance(candidates, Mapping):
+            for key in candidates:
+                if key != "columns":
+                    raise PayloadError(f"candidates.{key}", "unknown field; allowed: ['columns']")
+            if "columns" not in candidates:
+                raise PayloadError("candidates", "give a list of rows or {'columns': {feature: [values]}}")
+            columns = self.columns(
+                candidates["columns"],
+                features=rest,
+                where="candidates.columns",
+                not_here="already given in context",
+            )
+        else:
+            _check_rows(candidates, "candidates")
+            assert isinstance(candidates, Sequence)
+            columns = self._row_columns(candidates, rest, "candidates", "already given in context")
+        features = self.encode_columns(columns)
         for name, column in shared.items():
-            features[name] = np.repeat(column, n, axis=0)
+            features[name] = np.repeat(column, columns.n_rows, axis=0)
         return features
 
-    # -- internals --------------------------------------------------------------------------------
+    # -- the one check and encoding -----------------------------------------------------------------
 
-    def _encode(
-        self,
-        rows: Sequence[Mapping[str, Any]],
-        features: list[str],
-        label: Callable[[int], str],
-        not_here: str,
-    ) -> Features:
-        wanted = set(features)
-        for i, row in enumerate(rows):
-            if not isinstance(row, Mapping):
-                raise PayloadError(label(i), f"must be an object of feature values, got {_type_name(row)}")
-            if row.keys() == wanted:
-                continue
-            for key in row:
-                if key not in wanted:
-                    if key in self._specs:
-                        raise PayloadError(f"{label(i)}.{key}", f"feature {key!r} is {not_here}")
-                    raise PayloadError(
-                        f"{label(i)}.{key}", f"unknown feature {key!r}; known features: {self._names}"
-                    )
-            missing = next(n for n in features if n not in row)
-            raise PayloadError(f"{label(i)}.{missing}", f"missing feature {missing!r}")
+    def encode_columns(self, columns: Columns) -> Features:
+        """Model inputs from ``Columns``: every value checked against its feature's rule, named on refusal."""
         out: Features = {}
-        for name in features:
+        where = columns.where
+        for name, column in columns.values.items():
             spec = self._specs[name]
-            column = [row[name] for row in rows]
+
+            def label(i: int, name: str = name) -> str:
+                return where(name, i)
+
             if spec.kind == "dense":
                 out[name] = _dense(spec, column, label)
             elif spec.kind == "id":
@@ -185,6 +304,40 @@ class RequestEncoder:
             else:
                 out[name] = _id_lists(spec, column, label)
         return out
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _check_names(
+        self, given: Mapping[str, Any], wanted: set[str], where: Callable[[str], str], not_here: str
+    ) -> None:
+        for key in given:
+            if key not in wanted:
+                if key in self._specs:
+                    raise PayloadError(where(key), f"feature {key!r} is {not_here}")
+                raise PayloadError(where(key), f"unknown feature {key!r}; known features: {self._names}")
+
+    def _row_columns(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        features: list[str],
+        where: str,
+        not_here: str,
+        *,
+        one_row: bool = False,
+    ) -> Columns:
+        """``Columns`` of rows (``where[i].feature``), or of one object (``where.feature``): ``one_row``."""
+        label = _one_row_label(where) if one_row else _rows_label(where)
+        wanted = set(features)
+        for i, row in enumerate(rows):
+            row_where = where if one_row else f"{where}[{i}]"
+            if not isinstance(row, Mapping):
+                raise PayloadError(row_where, f"must be an object of feature values, got {_type_name(row)}")
+            if row.keys() == wanted:
+                continue
+            self._check_names(row, wanted, f"{row_where}.".__add__, not_here)
+            missing = next(n for n in features if n not in row)
+            raise PayloadError(label(missing, i), f"missing feature {missing!r}")
+        return Columns({name: [row[name] for row in rows] for name in features}, len(rows), label)
 
 
 def _check_rows(rows: object, where: str) -> None:
@@ -194,14 +347,12 @@ def _check_rows(rows: object, where: str) -> None:
         raise PayloadError(where, f"must hold 1 to {MAX_ROWS} rows, got {len(rows)}")
 
 
-def _dense(spec: _FeatureSpec, column: list[Any], label: Callable[[int], str]) -> np.ndarray:
-    numbers = (int, float) if spec.scaler is None else (int, float, type(None))
-    for i, v in enumerate(column):
-        if type(v) not in numbers:
-            allowed = "a number" if spec.scaler is None else "a number or null"
-            raise PayloadError(
-                f"{label(i)}.{spec.name}", f"dense feature must be {allowed}, got {_type_name(v)} {_show(v)}"
-            )
+def _dense(spec: _FeatureSpec, column: Sequence[Any], label: Callable[[int], str]) -> np.ndarray:
+    numbers = _NUMBERS if spec.scaler is None else _NUMBERS_OR_NULL
+    if not set(map(type, column)) <= numbers:
+        allowed = "a number" if spec.scaler is None else "a number or null"
+        i, v = next((i, v) for i, v in enumerate(column) if type(v) not in numbers)
+        raise PayloadError(label(i), f"dense feature must be {allowed}, got {_type_name(v)} {_show(v)}")
     if spec.scaler is not None:
         raw = np.array([np.nan if v is None else v for v in column], dtype=np.float64)
         return spec.scaler.transform(raw)
@@ -212,10 +363,7 @@ def _dense(spec: _FeatureSpec, column: list[Any], label: Callable[[int], str]) -
     bad = np.flatnonzero(~(np.abs(values) <= _FLOAT32_MAX))  # NaN and inf fail too
     if bad.size:
         i = int(bad[0])
-        raise PayloadError(
-            f"{label(i)}.{spec.name}",
-            f"dense feature must be a finite float32 number, got {_show(column[i])}",
-        )
+        raise PayloadError(label(i), f"dense feature must be a finite float32 number, got {_show(column[i])}")
     return values.astype(np.float32)
 
 
@@ -229,29 +377,32 @@ def _check_id(spec: _FeatureSpec, value: object, where: str) -> None:
         )
 
 
-def _single_ids(spec: _FeatureSpec, column: list[Any], label: Callable[[int], str]) -> np.ndarray:
+def _single_ids(spec: _FeatureSpec, column: Sequence[Any], label: Callable[[int], str]) -> np.ndarray:
+    if spec.vocabulary is None and set(map(type, column)) == _INTS:  # the common case, checked at C speed
+        return _ids_in_vocabulary(column, spec.vocab_size)
     for i, v in enumerate(column):
-        _check_id(spec, v, f"{label(i)}.{spec.name}")
+        _check_id(spec, v, label(i))
     if spec.vocabulary is not None:
         return spec.vocabulary.encode(np.array(column, dtype=object))
     return _ids_in_vocabulary(column, spec.vocab_size)
 
 
-def _id_lists(spec: _FeatureSpec, column: list[Any], label: Callable[[int], str]) -> np.ndarray:
+def _id_lists(spec: _FeatureSpec, column: Sequence[Any], label: Callable[[int], str]) -> np.ndarray:
     """Multi-hot lists (first ``max_len`` kept, left-aligned) or sequences (last ones, right-aligned)."""
     width = spec.max_len
     rows: list[int] = []
     slots: list[int] = []
     values: list[Any] = []
     for i, v in enumerate(column):
-        where = f"{label(i)}.{spec.name}"
         if type(v) is not list:
             what = "a list of ids" if spec.vocabulary is None else "a list of raw values"
             raise PayloadError(
-                where, f"{spec.kind.replace('_', '-')} feature must be {what}, got {_type_name(v)}"
+                label(i), f"{spec.kind.replace('_', '-')} feature must be {what}, got {_type_name(v)}"
             )
-        for j, x in enumerate(v):
-            _check_id(spec, x, f"{where}[{j}]")
+        if spec.vocabulary is not None or (v and not set(map(type, v)) <= _INTS):
+            where = label(i)
+            for j, x in enumerate(v):
+                _check_id(spec, x, f"{where}[{j}]")
         if spec.vocabulary is not None:  # the loaders drop empty pieces before encoding
             v = [x for x in v if canonical_value(x) != MISSING_VALUE]
         kept = v[:width] if spec.kind == "multi_hot" else v[-width:]
@@ -311,28 +462,3 @@ def join_features(requests: Sequence[Mapping[str, np.ndarray]]) -> tuple[Feature
 def split_rows(outputs: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:
     """The outputs of a joined batch (``join_features``) cut back into each request's rows."""
     return np.split(outputs, np.cumsum(counts)[:-1]) if len(counts) > 1 else [outputs]
-
-
-def pack_features(features: Features) -> PackedFeatures:
-    """Model inputs as one bytes buffer plus (name, dtype, shape) per input, for sending to a replica.
-
-    One buffer travels between Ray actors much cheaper than a dict of small arrays, each of which
-    Ray would serialise on its own.
-    """
-    arrays = [(name, np.ascontiguousarray(a)) for name, a in features.items()]
-    spec = tuple((name, a.dtype.str, tuple(a.shape)) for name, a in arrays)
-    return spec, b"".join(a.tobytes() for _, a in arrays)
-
-
-def unpack_features(packed: PackedFeatures) -> Features:
-    """The inputs ``pack_features`` packed (read-only views of the buffer)."""
-    spec, buffer = packed
-    features: Features = {}
-    offset = 0
-    for name, dtype, shape in spec:
-        array = np.frombuffer(buffer, dtype=np.dtype(dtype), count=math.prod(shape), offset=offset)
-        features[name] = array.reshape(shape)
-        offset += array.nbytes
-    if offset != len(buffer):
-        raise AutocompressError(f"packed features: {len(buffer) - offset} bytes left over")
-    return features

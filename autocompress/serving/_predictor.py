@@ -1,9 +1,8 @@
-"""The predictor interface the API routes call, and its in-process implementation.
+"""Models run in this process (``LocalPredictor``), and a job's winner pointed at by its alias.
 
-The routes validate a request into model inputs and hand them to a ``Predictor``: in the Ray
-Serve application it is a handle to the model deployment (multiplexed, batched replicas); when
-the API runs on its own, or in ``autocompress predict``, it is ``LocalPredictor``, which runs
-``ModelRunner`` in this process.
+``LocalPredictor`` keeps the last used models open: the stand-alone API (``uvicorn
+serve_app.api:app``) opens its models through it, and ``autocompress predict`` runs one with it.
+In the Ray Serve data plane, ``serve.multiplexed`` keeps each replica's models instead.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import asyncio
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -22,26 +21,6 @@ from autocompress.serving._payload import Features
 from autocompress.serving._runner import ModelRunner
 from autocompress.serving._two_tower import Side
 from autocompress.store import DeploymentRecord, JobStatus, Store
-
-
-class Predictor(Protocol):
-    """Runs registered models by id on already validated inputs.
-
-    ``load`` is called by deploy and promote, before an alias moves, so a model that cannot be
-    opened is refused then rather than on the first request.
-    """
-
-    async def logits(self, model_id: str, features: Features) -> np.ndarray:
-        """Logits (float32 ``[rows]``) of the model on ``features``."""
-        ...
-
-    async def embeddings(self, model_id: str, side: Side, features: Features) -> np.ndarray:
-        """User or item tower vectors (float32 ``[rows, dim]``)."""
-        ...
-
-    async def load(self, model_id: str) -> dict[str, Any]:
-        """Open the model (if not open yet) and describe it (``ModelRunner.describe``)."""
-        ...
 
 
 class LocalPredictor:
@@ -69,6 +48,15 @@ class LocalPredictor:
                 _, evicted = self._runners.popitem(last=False)
                 evicted.close()
         return opened
+
+    async def open(self, model_id: str) -> ModelRunner:
+        """``runner`` for the event loop: an open model at once, one to open in a thread."""
+        with self._lock:
+            found = self._runners.get(model_id)
+            if found is not None:
+                self._runners.move_to_end(model_id)
+                return found
+        return await asyncio.to_thread(self.runner, model_id)
 
     async def logits(self, model_id: str, features: Features) -> np.ndarray:
         return await asyncio.to_thread(lambda: self.runner(model_id).logits(features))

@@ -35,13 +35,26 @@ class ModelRunner:
         self.session: onnxruntime.InferenceSession = create_session(model.path, model.target)
         self._output = self.session.get_outputs()[0].name
         self._inputs = [arg.name for arg in self.session.get_inputs()]
+        checked = feed(self.session, model.schema.example_batch(1))  # the dtypes the session takes
+        self._dtypes = [(name, checked[name].dtype) for name in self._inputs]
         self._towers: dict[Side, onnxruntime.InferenceSession] | None = None
         self._lock = threading.Lock()
 
     def logits(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
         """Logits (float32 ``[rows]``) of one batch of model inputs."""
-        (out,) = self.session.run([self._output], feed(self.session, features))
+        (out,) = self.session.run([self._output], self._feed(features))
         return np.asarray(out, dtype=np.float32).reshape(-1)
+
+    def _feed(self, features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The session's inputs: as given when each already has its dtype and layout (what
+        ``RequestEncoder`` builds), else checked and converted by ``feed``."""
+        fed = {}
+        for name, dtype in self._dtypes:
+            value = features.get(name)
+            if type(value) is not np.ndarray or value.dtype != dtype or not value.flags.c_contiguous:
+                return feed(self.session, features)
+            fed[name] = value
+        return fed
 
     def logits_many(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[np.ndarray]:
         """Logits of several requests from one session run over their concatenated rows (dynamic batching)."""

@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.launcher = None
     app.add_middleware(RequestGuard, settings=settings)
     add_error_handlers(app)
-    from serve_app.inference import router as serving_router  # predict / rank / deploy / aliases
+    from serve_app.api.inference import router as serving_router  # predict / rank / deploy / aliases
 
     for router in ROUTERS:
         app.include_router(router, responses=error_responses(*COMMON_ERRORS))

@@ -1,4 +1,4 @@
-"""One Ray (2 CPUs) running the whole Serve application on a free loopback port, with trained tiny models."""
+"""One Ray (2 CPUs) running both Serve applications on a free loopback port, with trained tiny models."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ from serve_app.serve import ServeSettings
 
 @dataclass
 class Served:
-    """The running application: its URL, store, artifact root, Ray temp folder and registered models."""
+    """The running applications: their URLs, store, artifact root, Ray temp folder and registered models."""
 
-    url: str  # Serve's HTTP proxy
-    direct: str  # the ingress replica itself (direct ingress)
+    url: str  # Serve's HTTP proxy: the job API (control plane) at /
+    serving: str  # the serving application through the proxy: url + /serving
+    direct: str  # the serving replica itself (direct ingress): http://127.0.0.1:<its port>/serving
     store: Store
     root: Path
     ray_dir: Path
@@ -38,7 +39,7 @@ def served() -> Iterator[Served]:
 
     from autocompress.techniques.dynamic_int8 import Config as DynamicInt8
     from autocompress.testing import tiny_setup
-    from serve_app.serve import ingress_urls, init_local_ray, run_locally
+    from serve_app.serve import init_local_ray, run_locally, serving_urls
 
     work = Path(tempfile.mkdtemp(prefix="ac-serve-"))  # short: Ray's socket paths live under it
     root = work / "artifacts"
@@ -59,7 +60,7 @@ def served() -> Iterator[Served]:
             "db_url": db_url,
             "artifact_root": str(root),
             "max_running_jobs": 0,
-            "ingress": {"num_cpus": 0.5},
+            "api": {"num_cpus": 0.5},
             "model_server": {
                 "num_cpus": 0.5,
                 "max_models_per_replica": 2,  # three models: the least recently used is dropped
@@ -77,8 +78,9 @@ def served() -> Iterator[Served]:
     )
     try:
         run_locally(settings, port=port)
-        (direct,) = ingress_urls()
-        yield Served(f"http://127.0.0.1:{port}", direct, store, root, work / "ray", *ids, settings=settings)
+        (direct,) = serving_urls(settings)
+        url = f"http://127.0.0.1:{port}"
+        yield Served(url, url + "/serving", direct, store, root, work / "ray", *ids, settings=settings)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -1,4 +1,4 @@
-"""``autocompress serve``: one command brings up Ray, Serve, the API and the store; Ctrl-C stops it."""
+"""``autocompress serve``: one command brings up Ray, Serve, both applications and the store; Ctrl-C stops."""
 
 from __future__ import annotations
 
@@ -59,13 +59,13 @@ def test_serve_starts_everything_in_one_command_and_stops_on_sigint() -> None:
             time.sleep(1)
         batch = schema.example_batch(4, seed=9)
         rows = [{n: batch[n][i].tolist() for n in schema.feature_names} for i in range(4)]
-        response = httpx.post(f"{url}/v1/models/{record.id}/predict", json={"rows": rows}, timeout=60)
+        response = httpx.post(f"{url}/serving/v1/models/{record.id}/predict", json={"rows": rows}, timeout=60)
         assert response.status_code == 200, response.text
         session = create_session(record.path, Target())
         expected = session.run(None, feed(session, batch))[0]
         np.testing.assert_allclose(response.json()["logits"], expected, atol=1e-5)
         (work / "rows.json").write_text(json.dumps(rows))
-        args = ["predict", record.id, "--rows", str(work / "rows.json"), "--url", url, "--json"]
+        args = ["predict", record.id, "--rows", str(work / "rows.json"), "--url", url, "--json"]  # redirected
         answer = CliRunner().invoke(app, args)
         assert answer.exit_code == 0, answer.output
         np.testing.assert_allclose(json.loads(answer.output)["logits"], expected, atol=1e-5)
@@ -79,4 +79,5 @@ def test_serve_starts_everything_in_one_command_and_stops_on_sigint() -> None:
         shutil.rmtree(work, ignore_errors=True)
     assert process.returncode == 0, output
     assert f"serving on http://127.0.0.1:{port}" in output
-    assert re.search(r"and on http://127\.0\.0\.1:\d+, the API replica itself", output), output
+    assert f"predictions on http://127.0.0.1:{port}/serving" in output
+    assert re.search(r"and on http://127\.0\.0\.1:\d+/serving, a model server replica itself", output), output

@@ -1,7 +1,7 @@
-"""The app on a Ray started without ``cluster_env`` (``serve deploy`` on someone else's cluster).
+"""The apps on a Ray started without ``cluster_env`` (``serve deploy`` on someone else's cluster).
 
 The replicas still get Ray Serve's latency switches from their runtime env, but direct ingress
-must stay off, as the controller has it: requests go through the proxy and ``ingress_urls`` is
+must stay off, as the controller has it: requests go through the proxy and ``serving_urls`` is
 empty. Run in a subprocess, since this test process may hold the package's other Ray.
 """
 
@@ -27,16 +27,16 @@ SCRIPT = """
 import json, sys
 import httpx, ray
 from ray import serve
-from serve_app.serve import ServeSettings, ingress_urls, run_locally
+from serve_app.serve import ServeSettings, run_locally, serving_urls
 db_url, root, port, model_id, rows = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 ray.init(num_cpus=2, include_dashboard=False, _temp_dir=root + "-ray", log_to_driver=False)
 try:
     settings = ServeSettings.from_dict({"db_url": db_url, "artifact_root": root, "max_running_jobs": 0,
-        "ingress": {"num_cpus": 0.5}, "model_server": {"num_cpus": 0.5}})
+        "api": {"num_cpus": 0.5}, "model_server": {"num_cpus": 0.5}})
     run_locally(settings, port=port)
-    answer = httpx.post(f"http://127.0.0.1:{port}/v1/models/{model_id}/predict",
+    answer = httpx.post(f"http://127.0.0.1:{port}/serving/v1/models/{model_id}/predict",
                         json={"rows": json.loads(rows)}, timeout=60)
-    print(json.dumps({"status": answer.status_code, "body": answer.json(), "direct": ingress_urls()}))
+    print(json.dumps({"status": answer.status_code, "body": answer.json(), "direct": serving_urls(settings)}))
 finally:
     serve.shutdown()
     ray.shutdown()

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from autocompress.export import create_session, feed
 from autocompress.spec import Target
 from autocompress.store import Store
-from serve_app.inference import RequestIdFilter
+from serve_app.api.inference import RequestIdFilter
 from serve_app.serve import ServeSettings, api_app
 from tests.serving.conftest import Registry
 
@@ -53,12 +53,40 @@ def test_routes_run_models_in_process_and_log_the_request_id(tmp_path: Path) -> 
             served = client.post("/v1/endpoints/shop/predict", json={"rows": rows}).json()
             np.testing.assert_allclose(served["logits"], reference(second.path), atol=1e-6)
 
+            # the same rows by column, and as Open Inference Protocol tensors, on the alias
+            columns = {n: [row[n] for row in rows] for n in registry.schema.feature_names}
+            by_columns = client.post("/v1/endpoints/shop/predict", json={"columns": columns})
+            assert by_columns.status_code == 200, by_columns.text
+            assert by_columns.json()["logits"] == served["logits"]
+            dense = {d.name for d in registry.schema.dense}
+            tensors = [
+                {"name": n, "shape": list(batch[n].shape), "datatype": "FP32" if n in dense else "INT64",
+                 "data": batch[n].reshape(-1).tolist()}
+                for n in registry.schema.feature_names
+            ]  # fmt: skip
+            infer = client.post("/v2/models/shop/infer", json={"id": "q1", "inputs": tensors})
+            assert infer.status_code == 200, infer.text
+            outputs = {o["name"]: o for o in infer.json()["outputs"]}
+            assert infer.json()["id"] == "q1" and infer.json()["model_version"] == second.id
+            assert outputs["logits"]["data"] == served["logits"]
+            assert client.get("/v2/models/shop/ready").json() == {"name": "shop", "ready": True}
+            assert client.get("/v2/health/ready").json() == {"ready": True}
+            tensors[0]["datatype"] = "BYTES"
+            refused = client.post("/v2/models/shop/infer", json={"inputs": tensors})
+            assert refused.status_code == 422 and refused.json()["error"].startswith(
+                "inputs.item_price.datatype"
+            )
+
             rows[0]["user_id"] = "seven"
-            bad = client.post(f"/v1/models/{first.id}/predict", json={"rows": rows})
+            bad = client.post(
+                f"/v1/models/{first.id}/predict", json={"rows": rows}, headers={"X-Request-ID": "req-43"}
+            )
             assert bad.status_code == 422 and "rows[0].user_id" in bad.json()["detail"]
             assert client.post("/v1/models/nope/predict", json={"rows": rows}).status_code == 404
     finally:
         logger.removeHandler(handler)
-    tagged = [r for r in records if getattr(r, "request_id", None) == "req-42"]
-    assert tagged and all(str(r.msg).startswith("[request_id=req-42]") for r in tagged)
-    assert any("predict model=" in str(r.msg) for r in tagged)
+    refused = [r for r in records if getattr(r, "request_id", None) == "req-43"]
+    assert refused and all(str(r.msg).startswith("[request_id=req-43]") for r in refused)
+    assert any(
+        "predict model=" in r.getMessage() and "refused: rows[0].user_id" in r.getMessage() for r in refused
+    )

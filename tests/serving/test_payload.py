@@ -23,10 +23,8 @@ from autocompress.serving import (
     FeatureEncoders,
     PayloadError,
     RequestEncoder,
-    pack_features,
     probabilities,
     top_k,
-    unpack_features,
 )
 
 
@@ -211,13 +209,84 @@ def test_probabilities_and_top_k() -> None:
         top_k(logits, 0)
 
 
-def test_features_pack_into_one_buffer_and_back(schema: FeatureSchema) -> None:
-    batch, _ = _rows(schema, 4)
-    spec, buffer = pack_features(batch)
-    assert isinstance(buffer, bytes) and [s[0] for s in spec] == list(batch)
-    restored = unpack_features((spec, buffer))
-    for name, array in batch.items():
-        assert restored[name].dtype == array.dtype
-        np.testing.assert_array_equal(restored[name], array)
-    with pytest.raises(AutocompressError, match="bytes left over"):
-        unpack_features((spec, buffer + b"x"))
+def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    return {name: [row[name] for row in rows] for name in rows[0]}
+
+
+def test_columns_encode_exactly_as_rows(schema: FeatureSchema) -> None:
+    _, rows = _rows(schema, 6, seed=3)
+    encoder = RequestEncoder(schema)
+    from_rows = encoder.encode(rows)
+    from_columns, n_rows = encoder.encode_payload({"columns": _columns(rows)})
+    assert n_rows == 6
+    for name in schema.feature_names:
+        np.testing.assert_array_equal(from_columns[name], from_rows[name])
+    again, _ = encoder.encode_payload({"rows": rows})
+    for name in schema.feature_names:
+        np.testing.assert_array_equal(again[name], from_rows[name])
+
+
+@pytest.mark.parametrize(
+    ("edit", "field", "words"),
+    [
+        (lambda c: c.pop("item_id"), "columns.item_id", "missing feature 'item_id'"),
+        (lambda c: c.update(colour=[1, 2, 3]), "columns.colour", "unknown feature 'colour'"),
+        (lambda c: c.update(item_id=7), "columns.item_id", "must be an array of values, one per row"),
+        (lambda c: c["user_id"].pop(), "columns.user_id", "has 2 values, columns.item_price has 3"),
+        (lambda c: c["item_price"].__setitem__(2, "cheap"), "columns.item_price[2]", "must be a number"),
+        (
+            lambda c: c["user_id"].__setitem__(1, True),
+            "columns.user_id[1]",
+            "must be an integer id, got boolean",
+        ),
+        (lambda c: c["hist_item_ids"].__setitem__(0, 4), "columns.hist_item_ids[0]", "must be a list of ids"),
+        (
+            lambda c: c["hist_item_ids"][2].__setitem__(1, 2.5),
+            "columns.hist_item_ids[2][1]",
+            "must be an integer id, got float",
+        ),
+    ],
+)
+def test_bad_columns_are_refused_naming_the_feature_and_row(
+    schema: FeatureSchema, edit: Any, field: str, words: str
+) -> None:
+    _, rows = _rows(schema, 3)
+    columns = _columns(rows)
+    columns = {"item_price": columns.pop("item_price"), **columns}  # the first column counted
+    edit(columns)
+    with pytest.raises(PayloadError, match=words) as info:
+        RequestEncoder(schema).encode_payload({"columns": columns})
+    assert info.value.field == field
+
+
+def test_a_body_holds_rows_or_columns(schema: FeatureSchema) -> None:
+    _, rows = _rows(schema, 2)
+    encoder = RequestEncoder(schema)
+    for body, field in (
+        ({"rows": rows, "columns": _columns(rows)}, "body"),
+        ({}, "body"),
+        ({"row": rows}, "body.row"),
+        ([rows], "body"),
+        ({"columns": {name: [] for name in schema.feature_names}}, "columns"),
+    ):
+        with pytest.raises(PayloadError) as info:
+            encoder.encode_payload(body)
+        assert info.value.field == field
+
+
+def test_ranking_takes_candidates_as_columns(schema: FeatureSchema) -> None:
+    _, rows = _rows(schema, 5, seed=2)
+    context_names = [*schema.features_on("user"), *schema.features_on("context")]
+    context = {n: rows[0][n] for n in context_names}
+    candidates = [{n: v for n, v in row.items() if n not in context} for row in rows]
+    encoder = RequestEncoder(schema)
+    by_rows = encoder.encode_ranking(context, candidates)
+    by_columns = encoder.encode_ranking(context, {"columns": _columns(candidates)})
+    for name in schema.feature_names:
+        np.testing.assert_array_equal(by_columns[name], by_rows[name])
+    with pytest.raises(PayloadError, match="already given in context") as info:
+        encoder.encode_ranking(context, {"columns": {**_columns(candidates), "user_id": [1] * 5}})
+    assert info.value.field == "candidates.columns.user_id"
+    with pytest.raises(PayloadError, match="unknown field") as info:
+        encoder.encode_ranking(context, {"cols": _columns(candidates)})
+    assert info.value.field == "candidates.cols"

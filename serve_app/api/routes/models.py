@@ -2,7 +2,7 @@
 tags and lineage, download its ONNX file. Registering a trial is a job route
 (``POST /v1/jobs/{id}/trials/{trial}/register``).
 
-Predicting, ranking and deploying are the serving routes' (``serve_app.inference``), which join
+Predicting, ranking and deploying are the serving routes' (``serve_app.api.inference``), which join
 the same app under the same prefix.
 """
 

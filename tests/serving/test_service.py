@@ -1,0 +1,197 @@
+"""PredictionService without Ray or HTTP: one answer for every payload form; batches; aliases move safely."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from autocompress.export import create_session, feed
+from autocompress.serving import (
+    BatchPolicy,
+    LocalPredictor,
+    ModelCatalog,
+    ModelRunner,
+    PredictionService,
+    keep_aliases_fresh,
+)
+from autocompress.spec import Target
+from autocompress.store import NotFoundError
+from tests.serving.conftest import Registry
+
+
+@pytest.fixture
+def local(registry: Registry) -> Iterator[LocalPredictor]:
+    predictor = LocalPredictor(ModelCatalog(registry.store, registry.root))
+    yield predictor
+    predictor.close()
+
+
+def _reference(path: str, batch: dict[str, np.ndarray]) -> np.ndarray:
+    session = create_session(path, Target())
+    return np.asarray(session.run(None, feed(session, batch))[0], dtype=np.float32).reshape(-1)
+
+
+def _rows(registry: Registry, batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    n = len(next(iter(batch.values())))
+    return [{name: batch[name][i].tolist() for name in registry.schema.feature_names} for i in range(n)]
+
+
+def test_rows_columns_and_tensors_give_the_same_scores(registry: Registry, local: LocalPredictor) -> None:
+    record = registry.register("dlrm")
+    batch = registry.schema.example_batch(5, seed=11)
+    rows = _rows(registry, batch)
+    columns = {name: [row[name] for row in rows] for name in rows[0]}
+    dense = {d.name for d in registry.schema.dense}
+    tensors = [
+        {
+            "name": n,
+            "shape": list(batch[n].shape),
+            "datatype": "FP32" if n in dense else "INT64",
+            "data": batch[n].tolist(),
+        }
+        for n in registry.schema.feature_names
+    ]
+    service = PredictionService(local.open)
+
+    async def answers() -> list[list[float]]:
+        runner = await service.runner(record.id)
+        by_rows = await service.predict(runner, {"rows": rows})
+        by_columns = await service.predict(runner, {"columns": columns})
+        by_tensors = await service.infer(runner, "shop", {"inputs": tensors, "outputs": [{"name": "logits"}]})
+        assert by_tensors["model_name"] == "shop" and by_tensors["model_version"] == record.id
+        return [by_rows["logits"], by_columns["logits"], by_tensors["outputs"][0]["data"]]
+
+    try:
+        forms = asyncio.run(answers())
+    finally:
+        service.close()
+    expected = _reference(record.path, batch)
+    for got in forms:
+        np.testing.assert_array_equal(got, forms[0])
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_concurrent_requests_for_a_model_run_together_and_answers_stay_exact(
+    registry: Registry, local: LocalPredictor, batching: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = registry.register("dlrm")
+    runs: list[int] = []
+    logits = ModelRunner.logits
+
+    def counted(self: ModelRunner, features: dict[str, np.ndarray]) -> np.ndarray:
+        runs.append(len(next(iter(features.values()))))
+        return logits(self, features)
+
+    monkeypatch.setattr(ModelRunner, "logits", counted)
+    service = PredictionService(local.open, batching=BatchPolicy(enabled=batching, max_batch_size=8))
+    batches = [registry.schema.example_batch(1 + i % 3, seed=i) for i in range(20)]
+
+    async def answers() -> list[dict[str, Any]]:
+        runner = await service.runner(record.id)
+        return list(
+            await asyncio.gather(*(service.predict(runner, {"rows": _rows(registry, b)}) for b in batches))
+        )
+
+    try:
+        got = asyncio.run(answers())
+    finally:
+        service.close()
+    for batch, answer in zip(batches, got, strict=True):
+        np.testing.assert_allclose(answer["logits"], _reference(record.path, batch), rtol=0, atol=1e-6)
+    assert sum(runs) == sum(1 + i % 3 for i in range(20))
+    if batching:  # the first went alone; the rest queued while it ran and went 8 requests a run
+        assert len(runs) == 1 + 3, runs
+    else:
+        assert len(runs) == 20
+
+
+def test_an_alias_moves_once_its_model_opens_and_a_broken_one_leaves_it(
+    registry: Registry, local: LocalPredictor
+) -> None:
+    first, second = registry.register("dlrm"), registry.register("dlrm", seed=1)
+    outside = registry.store.register_model("outside", "/etc/hostname", registry.schema.to_dict(), {})
+    service = PredictionService(local.open)
+
+    async def run() -> None:
+        assert await service.sync_aliases({"shop": first.id, "ads": second.id}) == ["shop", "ads"]
+        assert (await service.for_alias("shop")).model.id == first.id
+        opened = set(local._runners)
+        assert {first.id, second.id} <= opened  # opened before the aliases pointed at them
+        assert await service.sync_aliases({"shop": outside.id, "ads": second.id}) == []
+        assert (await service.for_alias("shop")).model.id == first.id  # stays on the model that works
+        assert await service.sync_aliases({"shop": second.id}) == ["shop"]
+        read_at = time.monotonic()  # a read begun now, then the alias pointed here (a promote in process)
+        service.aliases.point("shop", first.id)
+        assert await service.sync_aliases({"shop": second.id}, read_at) == []  # the older read loses
+        assert service.aliases.get("shop") == first.id
+        assert await service.sync_aliases({"shop": second.id}, time.monotonic()) == ["shop"]
+        assert (await service.for_name("shop")).model.id == second.id
+        with pytest.raises(NotFoundError, match="'ads' has no active deployment"):
+            await service.for_alias("ads")
+        assert (await service.for_name(first.id)).model.id == first.id  # a model id is a name too
+        with pytest.raises(NotFoundError, match="no alias or model named 'nobody'"):
+            await service.for_name("nobody")
+
+    try:
+        asyncio.run(run())
+    finally:
+        service.close()
+
+
+def test_the_alias_refresh_keeps_the_last_table_while_the_store_is_away() -> None:
+    reads: list[dict[str, str] | Exception] = [{"shop": "a"}, RuntimeError("database away"), {"shop": "b"}]
+    applied: list[dict[str, str]] = []
+
+    def read() -> dict[str, str]:
+        answer = reads.pop(0) if reads else {"shop": "b"}
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def apply(table: Any, _read_at: float) -> None:
+        applied.append(dict(table))
+
+    async def run() -> None:
+        task = asyncio.create_task(keep_aliases_fresh(read, apply, 0.01))
+        while len(applied) < 3:
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    asyncio.run(asyncio.wait_for(run(), 10))
+    assert applied[:3] == [{"shop": "a"}, {"shop": "b"}, {"shop": "b"}]  # the failed read applied nothing
+
+
+def test_a_request_alone_runs_on_the_event_loop_and_company_goes_to_the_session_thread(
+    registry: Registry, local: LocalPredictor
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    record = registry.register("dlrm")
+    handed: list[int] = []
+
+    class Counting(ThreadPoolExecutor):
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            handed.append(len(next(iter(args[0].values()))) if args and isinstance(args[0], dict) else 0)
+            return super().submit(fn, *args, **kwargs)
+
+    service = PredictionService(local.open, batching=BatchPolicy(max_batch_size=8), executor=Counting(1))
+    one = {"rows": _rows(registry, registry.schema.example_batch(1, seed=1))}
+    big = {"rows": _rows(registry, registry.schema.example_batch(40, seed=2))}
+
+    async def run() -> None:
+        runner = await service.runner(record.id)
+        await service.predict(runner, one)
+        assert handed == []  # alone: no hand-off to the thread
+        await asyncio.gather(*(service.predict(runner, one) for _ in range(6)), service.predict(runner, big))
+        assert handed and 40 in handed  # in company: the thread; 40 rows >= 8 went as a batch of its own
+
+    try:
+        asyncio.run(run())
+    finally:
+        service.close()
