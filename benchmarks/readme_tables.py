@@ -149,7 +149,11 @@ def serve_load(result: dict[str, Any]) -> str:
         "served p50 c1 (overhead)",
         "c32 req/s batched / unbatched (speedup)",
     ]
-    head += ["in process c32 req/s", "CPU ms / request c1: client / API / model replica"]
+    head += [
+        "in process c32 req/s",
+        "bare Serve p50 c1 / c32 req/s",
+        "CPU ms / request c1: client / API / model replica",
+    ]
     rows = []
     for model, s in result["summary"]["by_model"].items():
         batched, unbatched = points[(model, "serve_batched", 32)], points[(model, "serve_unbatched", 32)]
@@ -162,6 +166,7 @@ def serve_load(result: dict[str, Any]) -> str:
                 f"{batched['throughput_rps']:.0f} / {unbatched['throughput_rps']:.0f} "
                 f"({s['batching_speedup_c32']:.2f}x)",
                 f"{points[(model, 'in_process_ort', 32)]['throughput_rps']:.0f}",
+                f"{s['bare_serve_p50_ms_c1']:.2f} ms / {s['bare_serve_throughput_c32']:.0f}",
                 f"{cpu['client']:.2f} / {cpu['ingress']:.2f} / {cpu['model_server']:.2f}",
             ]
         )
@@ -171,7 +176,14 @@ def serve_load(result: dict[str, Any]) -> str:
             f"A `ModelServer` replica killed mid-run ({kill['model']}, concurrency {kill['concurrency']}): "
             f"{kill['requests']} requests, {kill['failed']} failed.\n"
         )
-    targets = result["summary"]["targets_met"]
+    summary = result["summary"]
+    text += (
+        f"Ranking 200 candidates (columns, concurrency 8, {summary['model']}): "
+        f"{summary['rank_k200_candidates_per_s_c8']:.0f} candidates/s, the bare Serve deployment "
+        f"{summary['bare_serve_k200_candidates_per_s_c8']:.0f}. Promote and rollback under load: "
+        f"{summary['alias_switch_failed_requests']} failed requests.\n"
+    )
+    targets = summary["targets_met"]
     text += "Targets: " + "; ".join(f"{k}: {_met(v)}" for k, v in targets.items()) + ".\n"
     return text
 
