@@ -40,6 +40,7 @@ __all__ = [
     "MLFLOW_EXTRA_HINT",
     "MlflowTracker",
     "TrackingSettings",
+    "end_job_run",
     "flat_params",
     "log_job_result",
     "mlflow_installed",
@@ -444,6 +445,25 @@ def log_job_result(
         f"MLflow: job logged as run {run_id} of experiment {settings.experiment!r}{where}",
     )
     return run_id
+
+
+def end_job_run(settings: TrackingSettings | None, store: Any, job_id: str, status: str, reason: str) -> None:
+    """End a tracked job's MLflow run that did not succeed: ``status`` FAILED or KILLED (cancelled),
+    the reason as the tag ``autocompress.reason``. Nothing without ``settings`` or before the search
+    opened the run. Never raises: a failure is logged and written to the job's events.
+    """
+    if settings is None:
+        return
+    try:
+        tracker = MlflowTracker(settings, job_id)
+        run_id = tracker._find_run(**{JOB_ID_TAG: job_id, ROLE_TAG: "job"})
+        if run_id is None:
+            return
+        tracker.set_tags(run_id, {"autocompress.reason": reason})
+        tracker.client.set_terminated(run_id, status=status)
+    except Exception as exc:  # tracking is a copy of what the store keeps
+        logger.exception("could not end job %s's MLflow run at %s", job_id, settings.mlflow_uri)
+        _event(store, job_id, f"MLflow: could not end the job's run: {type(exc).__name__}: {exc}")
 
 
 def _event(store: Any, job_id: str, message: str) -> None:

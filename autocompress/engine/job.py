@@ -45,6 +45,7 @@ def run_job(spec: Any, store: Any, work_dir: str | Path, *, job_id: str | None =
     """
     from autocompress.engine.cancel import JobCancelled, heartbeat
     from autocompress.store import JobStatus
+    from autocompress.tracking import end_job_run
 
     job = store.get_job(job_id) if job_id is not None else store.create_job(spec.to_dict(), name=spec.name)
     if job.status is not JobStatus.RUNNING:  # RUNNING: a launcher claimed it, or a lost driver's job resumes
@@ -58,11 +59,14 @@ def run_job(spec: Any, store: Any, work_dir: str | Path, *, job_id: str | None =
     except JobCancelled as cancelled:
         reason = f"cancelled by {cancelled.by}"
         store.set_job_status(job.id, JobStatus.CANCELLED, reason=reason)
+        end_job_run(spec.tracking, store, job.id, "KILLED", reason)
         return JobResult(
             job_id=job.id, status="CANCELLED", reason=reason, winner_trial=None, rows=[], report_path=None
         )
     except Exception as exc:
-        store.set_job_status(job.id, JobStatus.FAILED, reason=f"{type(exc).__name__}: {exc}")
+        reason = f"{type(exc).__name__}: {exc}"
+        store.set_job_status(job.id, JobStatus.FAILED, reason=reason)
+        end_job_run(spec.tracking, store, job.id, "FAILED", reason)
         raise
     store.set_job_status(
         job.id,

@@ -29,8 +29,8 @@ from autocompress.errors import AutocompressError
 from autocompress.job import JobSpec
 from autocompress.search.pareto import Candidate, Selection
 from autocompress.search.space import SearchSpace, load_search_space
-from autocompress.store import Store
-from autocompress.tracking import TrackingSettings, flat_params, log_job_result
+from autocompress.store import JobStatus, Store
+from autocompress.tracking import MlflowTracker, TrackingSettings, end_job_run, flat_params, log_job_result
 from autocompress.train import TrainConfig
 
 TRAIN = TrainConfig(epochs=3, batch_size=256, lr=1e-2, early_stopping_patience=None)
@@ -309,6 +309,36 @@ def test_no_winner_logs_the_reason_and_no_model(
     assert run.data.tags["autocompress.winner_trial"] == ""
     assert MlflowClient(settings.mlflow_uri).list_artifacts(str(run_id), "winner_model") == []
     assert log_job_result(None, store, job.id, ROWS, selection) is None  # no tracking asked
+
+
+def test_a_cancelled_or_failed_job_ends_its_run_killed_or_failed_with_the_reason(
+    store: Store, elsewhere: Path, settings: TrackingSettings
+) -> None:
+    from autocompress.engine.job import run_job
+    from autocompress.job import JobSpec
+
+    client = MlflowClient(settings.mlflow_uri)
+    spec = JobSpec.from_dict({"name": "stopped", "tracking": settings.model_dump()})
+    job = store.create_job(spec.to_dict(), name=spec.name)
+    run_id = MlflowTracker(settings, job.id).job_run_id()  # what the search opened before the cancel
+    store.set_job_status(job.id, JobStatus.RUNNING)  # a running job (a pending one cancels at once)
+    store.request_cancel(job.id)
+    assert run_job(spec, store, elsewhere / "runs", job_id=job.id).status == "CANCELLED"
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags["autocompress.reason"] == "cancelled by user"
+
+    failed = store.create_job({"name": "failed"}, name="failed")
+    failed_run = MlflowTracker(settings, failed.id).job_run_id()
+    end_job_run(settings, store, failed.id, "FAILED", "RuntimeError: boom")
+    assert client.get_run(failed_run).info.status == "FAILED"
+    assert client.get_run(failed_run).data.tags["autocompress.reason"] == "RuntimeError: boom"
+
+    never = store.create_job({"name": "never"}, name="never")  # failed before the search opened a run
+    end_job_run(settings, store, never.id, "FAILED", "no data")
+    experiment = client.get_experiment_by_name(settings.experiment)
+    tagged = f"tags.`autocompress.job_id` = '{never.id}'"
+    assert client.search_runs([experiment.experiment_id], filter_string=tagged) == []
+    end_job_run(None, store, never.id, "FAILED", "no tracking asked")  # nothing to do, nothing raised
 
 
 def test_a_broken_tracking_uri_fails_neither_the_trials_nor_the_job(tmp_path: Path, store: Store) -> None:
