@@ -29,7 +29,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autocompress.engine.trial import IN_TRIAL_BUSY, SharedResources, TrialSpec, predict_latency, skip_reason
+from autocompress.engine.trial import (
+    IN_TRIAL_BUSY,
+    SharedResources,
+    TrialSpec,
+    onnx_quality,
+    predict_latency,
+    skip_reason,
+)
 from autocompress.search.space import SearchSpace, decode
 
 if TYPE_CHECKING:
@@ -111,10 +118,8 @@ class Explorer:
 
     def _score(self, spec: TrialSpec, predicted_ms: float | None) -> dict[str, Any]:
         from autocompress.engine.latency_model import structural_policy
-        from autocompress.export import create_session
         from autocompress.measure import onnx_size_bytes, parameter_count
-        from autocompress.measure.evaluation import onnx_logits, quality_report
-        from autocompress.measure.placement import measure_on_target, runnable_here
+        from autocompress.measure.placement import measure_on_target
         from autocompress.models import load_arch
         from autocompress.techniques import TechniqueContext, apply_policy
 
@@ -135,11 +140,7 @@ class Explorer:
             out["seconds_compress"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
-            session = create_session(onnx_path, runnable_here(shared.target))
-            quality = quality_report(self.sample, onnx_logits(session, self.sample))
-            del session
-            for name, value in quality.items():
-                out[f"valid_{name.replace('@', '_at_')}"] = value
+            out.update(onnx_quality(onnx_path, shared.target, self.sample))
             out["valid_rows"] = len(self.sample)
             out["delta_auc"] = out["valid_auc"] - self.reference_auc
             out["seconds_evaluate"] = time.perf_counter() - t0

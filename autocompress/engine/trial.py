@@ -244,6 +244,18 @@ def measured_target(target: Target, budget: Budget) -> Target:
     return target.model_copy(update={"batch_sizes": sorted({*target.batch_sizes, budget.batch_size})})
 
 
+def onnx_quality(onnx_path: Path, target: Target, table: Any) -> dict[str, float]:
+    """What the ONNX file scores on ``table`` with ONNX Runtime on ``target`` (as runnable here):
+    ``valid_auc``, ``valid_logloss`` and the other figures of ``quality_report``."""
+    from autocompress.export import create_session
+    from autocompress.measure.evaluation import onnx_logits, quality_report
+    from autocompress.measure.placement import runnable_here
+
+    session = create_session(onnx_path, runnable_here(target))
+    quality = quality_report(table, onnx_logits(session, table))
+    return {f"valid_{name.replace('@', '_at_')}": value for name, value in quality.items()}
+
+
 def run_trial(spec: TrialSpec, shared: SharedResources, report: Report | None = None) -> TrialResult:
     """Run one candidate through the whole pipeline and return (and report) its final metrics.
 
@@ -257,11 +269,9 @@ def run_trial(spec: TrialSpec, shared: SharedResources, report: Report | None = 
     Other errors propagate.
     """
 
-    from autocompress.export import create_session
     from autocompress.measure import macs_per_example, onnx_size_bytes, parameter_count
-    from autocompress.measure.evaluation import onnx_logits, quality_report
     from autocompress.measure.latency_cache import cached_latency, latency_cache_key
-    from autocompress.measure.placement import current_node_id, measure_on_target, runnable_here
+    from autocompress.measure.placement import current_node_id, measure_on_target
     from autocompress.models import build, load_arch
     from autocompress.techniques import TechniqueContext, apply_policy
     from autocompress.train import fit
@@ -359,11 +369,7 @@ def run_trial(spec: TrialSpec, shared: SharedResources, report: Report | None = 
     metrics["seconds_compress"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    session = create_session(onnx_path, runnable_here(shared.target))
-    quality = quality_report(data.valid, onnx_logits(session, data.valid))
-    del session
-    for name, value in quality.items():
-        metrics[f"valid_{name.replace('@', '_at_')}"] = value
+    metrics.update(onnx_quality(onnx_path, shared.target, data.valid))
     metrics["delta_auc"] = metrics["valid_auc"] - shared.reference_valid_auc
     metrics["seconds_evaluate"] = time.perf_counter() - t0
 
