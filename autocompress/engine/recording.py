@@ -131,6 +131,16 @@ def trial_error_text(trial: Trial) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else "..." + text[-MAX_ERROR_CHARS:]
 
 
+def finished_reports(store: Store, job_id: str) -> dict[str, dict[str, Any]]:
+    """The final report of each of the job's trials that the store holds as ended with one, by key."""
+    return {
+        row.trial_key: dict(row.metrics)
+        for row in store.list_trials(job_id)
+        if row.status in (TrialStatus.COMPLETED, TrialStatus.SKIPPED)
+        and row.metrics.get("stage") in ("final", "skipped")
+    }
+
+
 class TrialRecorder(Callback):
     """Records each trial of ``job_id`` into ``store`` on start, on every result and at its end.
 
@@ -138,7 +148,9 @@ class TrialRecorder(Callback):
     config; ``on_trial_result`` -> RUNNING with the latest metrics (a per-epoch report, stage
     ``train``, also into the learning curve under its ``epoch``); ``on_trial_recover`` ->
     PENDING with the error (the retry's start counts a new attempt); ``on_trial_complete`` ->
-    COMPLETED, SKIPPED or STOPPED; ``on_trial_error`` -> FAILED with the error text. With
+    COMPLETED, SKIPPED or STOPPED; ``on_trial_error`` -> FAILED with the error text. A trial that
+    the store holds as ended when the search (re)starts (``finished_reports``: it ended after Tune's
+    last saved state, and gives its report back) is left as it is. With
     ``stage`` (a two-stage search's stage 2) every config holds ``stage`` and every metrics dict
     ``search_stage``.
     """
@@ -158,8 +170,17 @@ class TrialRecorder(Callback):
         self.train_config = train_config
         self.distill = distill
         self.stage = stage
+        self.finished: set[str] = set()
+
+    def setup(self, *args: Any, **info: Any) -> None:  # on every start, a restored run's included
+        try:
+            self.finished = set(finished_reports(self.store, self.job_id))
+        except Exception:  # then a trial rerun by Tune is recorded again, as before
+            logger.exception("could not read the finished trials of job %s", self.job_id)
 
     def _record(self, trial: Trial, status: TrialStatus, **fields: Any) -> None:
+        if trial.trial_id in self.finished:
+            return
         if self.stage is not None:  # a two-stage search's stage: in the config and the metrics
             if fields.get("config") is not None:
                 fields["config"] = {**fields["config"], "stage": self.stage}
@@ -170,7 +191,9 @@ class TrialRecorder(Callback):
         except Exception:  # the search must outlive a store hiccup; the next write catches up
             logger.exception("could not record trial %s of job %s as %s", trial.trial_id, self.job_id, status)
 
-    def _event(self, message: str) -> None:
+    def _event(self, message: str, trial: Trial | None = None) -> None:
+        if trial is not None and trial.trial_id in self.finished:
+            return
         try:
             self.store.add_event(self.job_id, "trial", message)
         except Exception:
@@ -187,7 +210,7 @@ class TrialRecorder(Callback):
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._record(trial, TrialStatus.PENDING, error=trial_error_text(trial))
-        self._event(f"trial {trial.trial_id} crashed and will be retried")
+        self._event(f"trial {trial.trial_id} crashed and will be retried", trial)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         result = trial.last_result
@@ -198,12 +221,13 @@ class TrialRecorder(Callback):
             if status is TrialStatus.SKIPPED and result.get("skip_reason")
             else ""
         )
-        self._event(f"trial {trial.trial_id} {status.value.lower()}{why}")
+        self._event(f"trial {trial.trial_id} {status.value.lower()}{why}", trial)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         error = trial_error_text(trial)
         self._record(trial, TrialStatus.FAILED, metrics=trial_metrics(trial.last_result), error=error)
-        self._event(f"trial {trial.trial_id} failed: {error.strip().splitlines()[-1] if error else ''}")
+        last_line = error.strip().splitlines()[-1] if error else ""
+        self._event(f"trial {trial.trial_id} failed: {last_line}", trial)
 
 
 # What a stage-1 candidate's report ends with, as the status of its row.

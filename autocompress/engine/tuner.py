@@ -36,7 +36,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from autocompress.engine.cancel import CancelStopper, raise_if_cancelled
-from autocompress.engine.recording import TrialRecorder, finished_status, trial_metrics
+from autocompress.engine.recording import TrialRecorder, finished_reports, finished_status, trial_metrics
 from autocompress.engine.tracking import tracking_callbacks
 from autocompress.engine.trial import SharedResources
 from autocompress.errors import AutocompressError
@@ -197,16 +197,26 @@ def search_trainable(
     train_config: TrainConfig,
     distill: bool,
     report_epochs: bool,
+    finished: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
-    """One Tune trial: decode the sample, run the pipeline, forward the reports to ``tune.report``."""
+    """One Tune trial: decode the sample, run the pipeline, forward the reports to ``tune.report``.
+
+    A trial in ``finished`` (the store's final report of a trial that ended before the driver
+    stopped, when Tune's saved state had not caught up) is not run again: its report is given back.
+    """
     from ray import tune
 
     from autocompress.engine.trial import TrialSpec, run_trial
     from autocompress.search.space import decode
 
+    trial_id = tune.get_context().get_trial_id()
+    if finished and trial_id in finished:
+        metrics = dict(finished[trial_id])
+        tune.report({**metrics, **searcher_stand_ins(metrics, shared), OBJECTIVE: objective(metrics)})
+        return
     arch, policy = decode(space, config)
     spec = TrialSpec(
-        trial_id=tune.get_context().get_trial_id(),
+        trial_id=trial_id,
         family=space.family,
         arch=arch,
         policy=policy,
@@ -392,6 +402,17 @@ def run_search(
 
         searcher, num_samples = GivenConfigs([dict(p) for p in points]), len(points)
 
+    exists, owner = location.owner()
+    if exists and owner != job_id:
+        # a restored run records into the job it was started for: never mix two jobs' trials
+        raise AutocompressError(
+            f"name: the Tune run {experiment} belongs to job {owner!r}, not {job_id!r}; "
+            "give each job its own name (its id) or storage_path"
+        )
+    restore = resume and exists and tune.Tuner.can_restore(experiment)
+    # Tune saves its state every few seconds: a trial that finished after the last save would run
+    # again on restore; the store knows it finished, so the trial gives its report back instead
+    finished = finished_reports(store, job_id) if restore else {}
     trainable = tune.with_resources(
         tune.with_parameters(
             search_trainable,
@@ -400,18 +421,12 @@ def run_search(
             train_config=train_config,
             distill=distill,
             report_epochs=not multi_objective,
+            finished=finished,
         ),
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
     )
     recorder = TrialRecorder(store, job_id, space, train_config, distill, stage=stage)
-    exists, owner = location.owner()
-    if exists and owner != job_id:
-        # a restored run records into the job it was started for: never mix two jobs' trials
-        raise AutocompressError(
-            f"name: the Tune run {experiment} belongs to job {owner!r}, not {job_id!r}; "
-            "give each job its own name (its id) or storage_path"
-        )
-    if resume and exists and tune.Tuner.can_restore(experiment):
+    if restore:
         store.add_event(job_id, "search", f"resuming the Tune run at {experiment}")
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True)
     else:
@@ -425,6 +440,7 @@ def run_search(
                 scheduler=make_scheduler(settings, train_config),
                 num_samples=num_samples,
                 max_concurrent_trials=None if settings.searcher == "random" else settings.max_concurrent,
+                reuse_actors=True,  # a trial's worker runs the next trial: no process start each
             ),
             run_config=tune.RunConfig(
                 name=name,
