@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune import Callback
 
 from autocompress.engine.recording import (
+    finished_reports,
     finished_status,
     report_epoch,
     trial_config,
@@ -64,6 +65,7 @@ class MlflowRecorder(Callback):
         self.distill = distill
         self._tracker: MlflowTracker | None = None
         self._off = False
+        self._finished: set[str] = set()  # as TrialRecorder: trials the store holds ended, not logged again
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the run (Tuner.restore); the MLflow client is opened anew
@@ -97,7 +99,15 @@ class MlflowRecorder(Callback):
             self._tracker = tracker
         return self._tracker
 
+    def setup(self, *args: Any, **info: Any) -> None:
+        try:
+            self._finished = set(finished_reports(self.store, self.job_id))
+        except Exception:
+            logger.exception("could not read the finished trials of job %s", self.job_id)
+
     def _log(self, trial: Trial, what: str, call: Callable[[MlflowTracker], None]) -> None:
+        if trial.trial_id in self._finished:
+            return
         tracker = self._tracker_or_none()
         if tracker is None:
             return

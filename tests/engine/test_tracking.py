@@ -29,7 +29,7 @@ from autocompress.errors import AutocompressError
 from autocompress.job import JobSpec
 from autocompress.search.pareto import Candidate, Selection
 from autocompress.search.space import SearchSpace, load_search_space
-from autocompress.store import JobStatus, Store
+from autocompress.store import JobStatus, Store, TrialStatus
 from autocompress.tracking import MlflowTracker, TrackingSettings, end_job_run, flat_params, log_job_result
 from autocompress.train import TrainConfig
 
@@ -218,6 +218,16 @@ def test_each_trial_is_a_nested_run_with_params_epoch_metrics_and_final_figures(
     assert job_run_after.info.run_id == job_run.info.run_id
     assert trials_after["t_done"].info.run_id == trials["t_done"].info.run_id
     assert [m.step for m in client.get_metric_history(trials["t_done"].info.run_id, "valid_auc")][-1] == 5
+
+    # a trial the store holds finished, that Tune's lagging state runs again, logs nothing more
+    store.record_trial(job.id, "t_done", TrialStatus.COMPLETED, metrics={"stage": "final", **FINAL})
+    restored.setup()  # Tune calls it when the restored run starts
+    rerun = Feed(restored, "t_done", SAMPLED)
+    rerun.report({"stage": "final", **FINAL, "valid_auc": 0.5})
+    rerun.hook("complete")
+    history = client.get_metric_history(trials["t_done"].info.run_id, "valid_auc")
+    assert [(m.step, m.value) for m in history][-1] == (5, pytest.approx(0.7))
+    assert set(_runs(client, settings.experiment)[1]) == set(trials)
 
 
 def _tiny_onnx(path: Path) -> Path:
