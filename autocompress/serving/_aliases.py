@@ -54,12 +54,7 @@ class AliasTable:
 
 def read_aliases(store: Store) -> dict[str, str]:
     """Every alias that serves a model, and the model, from the store."""
-    table = {}
-    for alias in store.list_aliases():
-        deployment = store.active_deployment(alias)
-        if deployment is not None:
-            table[alias] = deployment.model_id
-    return table
+    return store.active_aliases()
 
 
 async def keep_aliases_fresh(

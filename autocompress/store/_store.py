@@ -952,6 +952,16 @@ class Store:
 
         return self._transaction(work, write=False)
 
+    def active_aliases(self) -> dict[str, str]:
+        """Every alias that serves a model now, and its model id, in one query (the serving
+        replicas' alias table, read every half second)."""
+
+        def work(session: Session) -> dict[str, str]:
+            query = select(Deployment.alias, Deployment.model_id).where(Deployment.active.is_(True))
+            return {alias: model_id for alias, model_id in session.execute(query.order_by(Deployment.alias))}
+
+        return self._transaction(work, write=False)
+
     def list_aliases(self) -> list[str]:
         """Every alias ever deployed, in name order."""
 

@@ -401,6 +401,7 @@ def test_deploy_and_rollback_switch_the_active_model(store: Store) -> None:
     assert history[2].rolled_back_at is not None and history[0].replaced_at is not None
     store.deploy("a-ranker", models[0].id)
     assert store.list_aliases() == ["a-ranker", "ranker"]  # each alias once, by name
+    assert store.active_aliases() == {"a-ranker": models[0].id, "ranker": models[2].id}
     with pytest.raises(NotFoundError, match="model_id"):
         store.deploy("ranker", "missing")
     with pytest.raises(AutocompressError, match="alias"):
