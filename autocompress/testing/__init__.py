@@ -2,7 +2,7 @@
 the quality check every technique's output must pass."""
 
 from autocompress.testing.conformance import check_keeps_quality, run_conformance
-from autocompress.testing.fixtures import ConvergedSetup, TinySetup, converged_setup, tiny_setup
+from autocompress.testing.fixtures import ConvergedSetup, TinySetup, converged_setup, tiny_job, tiny_setup
 from autocompress.testing.quality import AucComparison, check_keeps_auc, table_zeroed
 
 __all__ = [
@@ -14,5 +14,6 @@ __all__ = [
     "converged_setup",
     "run_conformance",
     "table_zeroed",
+    "tiny_job",
     "tiny_setup",
 ]

@@ -162,3 +162,20 @@ def converged_setup(family: str = "dlrm") -> ConvergedSetup:
         model = build(family, dataset.schema, TINY_ARCHS[family])
         fit(model, dataset.train, dataset.valid, CONVERGED_TRAIN_CONFIG)
     return ConvergedSetup(dataset=dataset, family=family, trained=model.cpu().eval())
+
+
+TINY_JOB = Path(__file__).resolve().parents[1] / "examples" / "tiny_job.yaml"
+# 12,000 of the tiny data's 40,000 rows: the tests of a whole job show what the job does at a
+# third of the training (the reference still reaches valid AUC ~0.8; the example's budget bounds
+# latency and size, no AUC)
+TINY_JOB_ROWS = 12_000
+
+
+def tiny_job(num_trials: int, **search: Any) -> dict[str, Any]:
+    """``examples/tiny_job.yaml`` as a dict, on ``TINY_JOB_ROWS`` rows, with ``num_trials`` trials."""
+    import yaml
+
+    data: dict[str, Any] = yaml.safe_load(TINY_JOB.read_text())
+    data["dataset"]["options"] = {**data["dataset"].get("options", {}), "n_rows": TINY_JOB_ROWS}
+    data["search"] |= {"num_trials": num_trials, **search}
+    return data

@@ -14,18 +14,17 @@ from typing import Any
 
 import onnx
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from autocompress.cli import app as cli_app
 from autocompress.job import JobSpec
 from autocompress.store import JobStatus, Store, TrialStatus
+from autocompress.testing import tiny_job
 from serve_app.launcher import RELAUNCH_EVENT, driver_id_for
 from tests.api.conftest import RunningApi
 
 pytestmark = pytest.mark.slow
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tiny_job.yaml"
 TRIALS = 3
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 CANCEL_WITHIN_S = 30.0  # README, "REST API": a running search is CANCELLED within 30 s of the request
@@ -52,8 +51,7 @@ def _wait_for(api: RunningApi, job_id: str, done: Any, what: str, seconds: float
 
 def test_the_tiny_job_from_submission_to_model_download(api_factory, sqlite_url, tmp_path) -> None:
     api = api_factory(sqlite_url, max_running_jobs=1, launcher_poll_s=1.0)
-    spec = yaml.safe_load(EXAMPLE.read_text())
-    spec["search"]["num_trials"] = TRIALS  # the example's 6 cost a minute more and show nothing more
+    spec = tiny_job(num_trials=TRIALS)  # the example's 6 trials cost a minute more and show nothing more
     submitted = api.http.post("/v1/jobs", json=spec, headers={"Idempotency-Key": "tiny-1"})
     assert submitted.status_code == 201, submitted.text
     job_id = submitted.json()["id"]
@@ -150,7 +148,7 @@ def test_the_tiny_job_from_submission_to_model_download(api_factory, sqlite_url,
 def test_cancel_mid_search_after_a_restart_resumed_the_job_while_another_waits(
     api_factory, sqlite_url
 ) -> None:
-    spec = yaml.safe_load(EXAMPLE.read_text())
+    spec = tiny_job(num_trials=6)
     # a job whose driver died with an earlier API process: the new API resumes it on start
     with Store(sqlite_url) as store:
         orphan = store.create_job(JobSpec.from_dict(spec).to_dict(), name="orphan").id

@@ -22,13 +22,13 @@ import pytest
 import yaml
 
 from autocompress.store import JobStatus, Store, TrialStatus
+from autocompress.testing import tiny_job
 from autocompress.testing.cluster import ray_head
 from serve_app.launcher import free_port
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parents[2]
 
 
 TOKEN = secrets.token_hex(32)  # the cluster files turn token auth on: so does this head
@@ -72,9 +72,8 @@ def ray_head_with_jobs(tmp_path: Path) -> Iterator[tuple[str, str]]:
 
 
 def _tiny_spec(tmp_path: Path, name: str) -> Path:
-    spec = yaml.safe_load((REPO / "examples" / "tiny_job.yaml").read_text())
+    spec = tiny_job(num_trials=2)
     spec["name"] = name
-    spec["search"]["num_trials"] = 2
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from autocompress.engine.job import run_job
-from autocompress.job import JobSpec, load_job_spec
+from autocompress.job import JobSpec
 from autocompress.search.pareto import NO_FEASIBLE_MODEL
 from autocompress.store import JobStatus, Store, TrialStatus
+from autocompress.testing import tiny_job
 
 os.environ["RAY_AUTH_MODE"] = "disabled"
 pytestmark = pytest.mark.slow
@@ -32,9 +33,7 @@ def _busy(note: str) -> bool:
 
 
 def test_the_tiny_example_job_finds_a_winner_and_records_every_trial(ray_2_cpus, tmp_path):
-    data = load_job_spec("examples/tiny_job.yaml").to_dict()
-    data["search"]["num_trials"] = 3  # the example's 6 cost half a minute more and show nothing more
-    spec = JobSpec.from_dict(data)
+    spec = JobSpec.from_dict(tiny_job(num_trials=3))  # the example's 6 show nothing more
     store = Store(tmp_path / "jobs.db")
     result = run_job(spec, store, tmp_path / "runs")
 
@@ -70,11 +69,10 @@ def test_the_tiny_example_job_finds_a_winner_and_records_every_trial(ray_2_cpus,
 def test_an_impossible_budget_ends_with_no_feasible_model(ray_2_cpus, tmp_path):
     """Also: a CUDA target on this GPU-less machine falls back to the CPU, a reference that learnt
     nothing (a learning rate of 1e-9) loses to popularity alone, and the job and the report say both."""
-    data = load_job_spec("examples/tiny_job.yaml").to_dict()
+    data = tiny_job(num_trials=2)
     # 1000x faster than ONNX Runtime's int8 of the reference: a relative budget nobody meets
     data["budget"] = {"latency": {"speedup_vs": "ort_dynamic_int8", "factor": 1000}, "batch_size": 256}
     data["train"]["lr"] = 1e-9
-    data["search"]["num_trials"] = 2
     data["target"] = {**data["target"], "device": "cuda", "execution_provider": "CUDAExecutionProvider"}
     spec = JobSpec.from_dict(data)
     store = Store(tmp_path / "jobs.db")

@@ -17,8 +17,9 @@ os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from autocompress.errors import AutocompressError
-from autocompress.job import JobSpec, load_job_spec
+from autocompress.job import JobSpec
 from autocompress.store import JobStatus, Store, TrialRecord, TrialStatus
+from autocompress.testing import tiny_job
 
 # stage 1: 4 candidates in 2 trials of 2; stage 2: the best 2; the supernet trains 1 epoch
 TWO_STAGE = {
@@ -32,11 +33,7 @@ TWO_STAGE = {
 
 
 def tiny_two_stage_spec(**search: Any) -> JobSpec:
-    data = load_job_spec("examples/tiny_job.yaml").to_dict()
-    data["search"] |= {"strategy": "two_stage", "two_stage": TWO_STAGE, **search}
-    # a quarter of the example's steps (the reference, the supernet, stage 2): the budget bounds no AUC
-    data["train"] |= {"batch_size": 2048, "lr": 0.01}
-    return JobSpec.from_dict(data)
+    return JobSpec.from_dict(tiny_job(num_trials=6, strategy="two_stage", two_stage=TWO_STAGE, **search))
 
 
 # -- the spec ---------------------------------------------------------------------------------------
