@@ -209,10 +209,14 @@ def search_trainable(
     from autocompress.engine.trial import TrialSpec, run_trial
     from autocompress.search.space import decode
 
+    def forward(metrics: dict[str, Any]) -> None:
+        if metrics.get("stage") == "train" and not report_epochs:
+            return
+        tune.report({**metrics, **searcher_stand_ins(metrics, shared), OBJECTIVE: objective(metrics)})
+
     trial_id = tune.get_context().get_trial_id()
     if finished and trial_id in finished:
-        metrics = dict(finished[trial_id])
-        tune.report({**metrics, **searcher_stand_ins(metrics, shared), OBJECTIVE: objective(metrics)})
+        forward(dict(finished[trial_id]))
         return
     arch, policy = decode(space, config)
     spec = TrialSpec(
@@ -223,12 +227,6 @@ def search_trainable(
         train_config=train_config,
         distill=distill,
     )
-
-    def forward(metrics: dict[str, Any]) -> None:
-        if metrics.get("stage") == "train" and not report_epochs:
-            return
-        tune.report({**metrics, **searcher_stand_ins(metrics, shared), OBJECTIVE: objective(metrics)})
-
     run_trial(spec, shared, forward)
 
 
