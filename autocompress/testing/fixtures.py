@@ -169,13 +169,20 @@ TINY_JOB = Path(__file__).resolve().parents[1] / "examples" / "tiny_job.yaml"
 # third of the training (the reference still reaches valid AUC ~0.8; the example's budget bounds
 # latency and size, no AUC)
 TINY_JOB_ROWS = 12_000
+# The example's 5 ms p99 at batch 256 holds on a quiet 2-core node (~3 ms), but beside the rest of
+# the suite a CI run measured 9-12 ms for every candidate and the job rightly had no feasible winner.
+# The tests of a whole job judge its life, not the node's load: they keep the example's size budget
+# and give latency room; the latency gate itself is tested on models measured alone.
+TINY_JOB_LATENCY_MS = 50.0
 
 
 def tiny_job(num_trials: int, **search: Any) -> dict[str, Any]:
-    """``examples/tiny_job.yaml`` as a dict, on ``TINY_JOB_ROWS`` rows, with ``num_trials`` trials."""
+    """``examples/tiny_job.yaml`` as a dict, on ``TINY_JOB_ROWS`` rows, with ``num_trials`` trials
+    and a latency budget of ``TINY_JOB_LATENCY_MS``."""
     import yaml
 
     data: dict[str, Any] = yaml.safe_load(TINY_JOB.read_text())
     data["dataset"]["options"] = {**data["dataset"].get("options", {}), "n_rows": TINY_JOB_ROWS}
+    data["budget"]["latency_ms"] = TINY_JOB_LATENCY_MS
     data["search"] |= {"num_trials": num_trials, **search}
     return data
