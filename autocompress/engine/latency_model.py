@@ -99,6 +99,9 @@ class Linear:
     rows: int = 1
     bias: bool = True
     int8: bool = False
+    # of ``rows``, those that stay float under dynamic int8: a projection reading a mean-pooled
+    # sequence (ONNX Runtime's quantizer leaves the MatMul after the pooling in float)
+    float_rows: int = 0
     prunable: bool = False
     next: str | None = None
 
@@ -273,9 +276,11 @@ def _structured_pruning(inv: Inventory, config: Any, counts: TableCounts) -> Non
         inv.inexact(
             "structured_pruning: units ranked across layers (scope global) leave widths to the weights"
         )
+    groups = dict(config.group_ratios)
     for name in config.layers or list(prunable):
         layer = prunable[name]
-        keep = max(1, round(layer.out_features * (1.0 - config.sparse_ratio)))
+        ratio = groups.get(name.split(".", 1)[0], config.sparse_ratio)
+        keep = max(1, round(layer.out_features * (1.0 - ratio)))
         if keep < layer.out_features:
             layer.out_features = keep
             if layer.next is not None:
@@ -299,8 +304,13 @@ def _low_rank(inv: Inventory, config: Any, counts: TableCounts) -> None:
         rank = min(config.rank, smaller)
         if smaller < config.min_features or not saves_parameters(layer.in_features, layer.out_features, rank):
             continue
-        down = Linear(f"{name}.0", layer.in_features, rank, rows=layer.rows, bias=False, next=f"{name}.1")
-        up = Linear(f"{name}.1", rank, layer.out_features, rows=layer.rows, bias=layer.bias, next=layer.next)
+        rows, float_rows = layer.rows, layer.float_rows
+        down = Linear(
+            f"{name}.0", layer.in_features, rank, rows, False, float_rows=float_rows, next=f"{name}.1"
+        )
+        up = Linear(
+            f"{name}.1", rank, layer.out_features, rows, layer.bias, float_rows=float_rows, next=layer.next
+        )
         del inv.linears[name]
         inv.linears.update({down.name: down, up.name: up})
         for other in inv.linears.values():
@@ -315,15 +325,16 @@ def _frequency_hashing(inv: Inventory, config: Any, counts: TableCounts) -> None
     unknown = sorted(set(config.tables) - set(inv.tables))
     if unknown:
         raise AutocompressError(f"frequency_hashing.tables: unknown name(s) {unknown}")
+    buckets = dict(config.table_buckets)
     for table in inv.tables.values():
         wanted = table.name in config.tables if config.tables else table.vocab > config.min_vocab
-        if not wanted or table.kind != "plain":
+        if not (wanted or table.name in buckets) or table.kind != "plain":
             continue
         frequent = counts.frequent(table.name, config.min_count)
         if frequent is None:
             inv.inexact(f"frequency_hashing: no id counts of table {table.name}")
             frequent = 0
-        rows = FIRST_ID + frequent + config.hash_buckets
+        rows = FIRST_ID + frequent + buckets.get(table.name, config.hash_buckets)
         if table.vocab * REMAP_BYTES_PER_ROW + rows * table.width * 4 >= table.vocab * table.width * 4:
             continue
         table.kind, table.parts = "hashed", [(rows, table.width)]
@@ -372,8 +383,8 @@ def _embedding_quantization(inv: Inventory, config: Any, counts: TableCounts) ->
         storage: list[Storage] = []
         for (rows, width), now in zip(table.parts, table.storage, strict=True):
             default = config.bits if rows >= config.min_rows else 32
-            # a hashed or split table is found by its initializer's name, not its feature's
-            bits = overrides.get(table.name, default) if table.kind == "plain" else default
+            # a split table is found by its initializers' names, not its feature's
+            bits = overrides.get(table.name, default) if table.kind in ("plain", "hashed") else default
             block = config.block_size or max(16, 1 << (width - 1).bit_length())
             blocks = -(-width // block)
             new_bytes = (
@@ -453,8 +464,12 @@ def _sync_projections(inv: Inventory) -> None:
         if name in inv.linears:
             inv.linears[name].in_features = table.width
             continue
-        rows = sum(lk.positions if not lk.pooled else 1 for lk in inv.lookups if lk.table == table.name)
-        inv.linears[name] = Linear(name, table.width, inv.embedding_dim, rows=rows, bias=False)
+        lookups = [lk for lk in inv.lookups if lk.table == table.name]
+        rows = sum(lk.positions if not lk.pooled else 1 for lk in lookups)
+        pooled = sum(lk.pooled for lk in lookups)
+        inv.linears[name] = Linear(
+            name, table.width, inv.embedding_dim, rows=rows, bias=False, float_rows=pooled
+        )
 
 
 # -- features ---------------------------------------------------------------------------------------
@@ -481,13 +496,14 @@ def candidate_features(inv: Inventory) -> dict[str, float]:
     f = dict.fromkeys(FEATURES, 0.0)
     f["intercept"] = 1.0
     for layer in inv.linears.values():
-        macs = layer.rows * layer.in_features * layer.out_features
-        if layer.int8:
-            f["macs_int8"] += macs
-            f["int8_io"] += layer.rows * (layer.in_features + layer.out_features)
+        int8_rows = layer.rows - layer.float_rows if layer.int8 else 0
+        float_rows = layer.rows - int8_rows
+        if int8_rows:
+            f["macs_int8"] += int8_rows * layer.in_features * layer.out_features
+            f["int8_io"] += int8_rows * (layer.in_features + layer.out_features)
             f["linears_int8"] += 1
-        else:
-            f["macs_fp32"] += macs
+        if float_rows:
+            f["macs_fp32"] += float_rows * layer.in_features * layer.out_features
             f["linears_fp32"] += 1
     for lookup in inv.lookups:
         table = inv.tables[lookup.table]

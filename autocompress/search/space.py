@@ -8,6 +8,13 @@ and its last layer is always ``embedding_dim`` (DLRM's bottom MLP must end at th
 A preset overrides arch dimensions one by one, replaces the whole policy list when it gives one,
 and overrides budget fields one by one.
 
+A value may also be a mapping or a list holding distributions, searched entry by entry: per-table
+widths (``embedding_dims: {item_id: {kind: categorical, choices: [16, 32, 64]}}``), a width per
+layer (``top_mlp: [{kind: ...}, {kind: ...}]``), per-table bits (``table_bits: {user_id: {...}}``).
+Each entry is a dimension of its own (``arch.embedding_dims.item_id``, ``arch.top_mlp.1``,
+``policy.3.table_bits.user_id``), so every searcher sees them, and ``decode`` puts them back
+together.
+
 Everything here is Tune-free: ``SearchSpace.dimensions()`` gives the flat keys
 (``arch.embedding_dim``, ``policy.2.enabled``, ``policy.2.sparse_ratio``) with their typed
 distributions, ``autocompress.search.tune_space`` turns them into Tune domains, and ``decode``
@@ -67,7 +74,7 @@ class PolicySlot:
         return {
             "technique": self.technique,
             "optional": self.optional,
-            "params": {k: _spec_json(v) for k, v in self.params.items()},
+            "params": {k: spec_json(v) for k, v in self.params.items()},
         }
 
 
@@ -93,12 +100,12 @@ class SearchSpace:
         """Flat key -> Distribution (searched) or JSON value (fixed), in a stable order."""
         out: dict[str, Any] = {}
         for name, spec in self.arch.items():
-            out[f"arch.{name}"] = _json(spec)
+            _flatten(f"arch.{name}", spec, out)
         for i, slot in enumerate(self.policy):
             if slot.optional:
                 out[f"policy.{i}.enabled"] = Categorical([False, True])
             for name, spec in slot.params.items():
-                out[f"policy.{i}.{name}"] = _json(spec)
+                _flatten(f"policy.{i}.{name}", spec, out)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,7 +115,7 @@ class SearchSpace:
             "family": self.family,
             "preset": self.preset,
             "description": self.description,
-            "arch": {k: _spec_json(v) for k, v in self.arch.items()},
+            "arch": {k: spec_json(v) for k, v in self.arch.items()},
             "arch_rules": {k: {"append": v} for k, v in self.arch_rules.items()},
             "policy": [s.to_dict() for s in self.policy],
             "budget": self.budget.to_dict(),
@@ -199,17 +206,21 @@ def decode(space: SearchSpace, flat: Mapping[str, Any]) -> tuple[dict[str, Any],
                 raise AutocompressError(f"{where}: {key} is fixed at {spec!r}, got {flat[key]!r}")
             values[key] = spec
 
-    arch_dict = arch_from_values(
-        space, {k.removeprefix("arch."): v for k, v in values.items() if k.startswith("arch.")}
-    )
+    arch_dict = arch_from_values(space, arch_values(space, values))
 
     steps = []
     for i, slot in enumerate(space.policy):
         if slot.optional and not values[f"policy.{i}.enabled"]:
             continue
-        params = {name: values[f"policy.{i}.{name}"] for name in slot.params}
+        params = {name: _assemble(f"policy.{i}.{name}", spec, values) for name, spec in slot.params.items()}
         steps.append(config_class(slot.technique).from_dict(params))
     return arch_dict, Policy(steps=tuple(steps))
+
+
+def arch_values(space: SearchSpace, flat: Mapping[str, Any]) -> dict[str, Any]:
+    """One value per arch dimension (no ``arch.`` prefix) from a flat config's ``arch.`` keys: the
+    entries of a mapping or list searched entry by entry put back together."""
+    return {name: _assemble(f"arch.{name}", spec, flat) for name, spec in space.arch.items()}
 
 
 def arch_from_values(space: SearchSpace, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -333,7 +344,17 @@ def _description(data: Mapping[str, Any], where: str) -> str:
 
 
 def _spec(raw: Any, where: str) -> Any:
-    """A mapping with a ``kind`` is a distribution; anything else is a fixed value."""
+    """A mapping with a ``kind`` is a distribution; a mapping or list holding one is searched entry
+    by entry; anything else is a fixed value."""
+    if (isinstance(raw, Mapping) and "kind" not in raw) or isinstance(raw, list):
+        items = raw.items() if isinstance(raw, Mapping) else enumerate(raw)
+        parsed = {key: _spec(value, f"{where}.{key}") for key, value in items}
+        if not any(searched(v) for v in parsed.values()):
+            return raw
+        for key in parsed:
+            if not isinstance(key, int) and not (isinstance(key, str) and key and "." not in key):
+                raise AutocompressError(f"{where}: {key!r} cannot name a searched entry (no dots, not empty)")
+        return parsed if isinstance(raw, Mapping) else list(parsed.values())
     if isinstance(raw, Mapping) and "kind" in raw:
         try:
             return Distribution.from_dict(raw, where)
@@ -445,6 +466,38 @@ def _check_points(space: SearchSpace, where: str) -> None:
             ) from None
 
 
+def searched(spec: Any) -> bool:
+    """Whether ``spec`` is a distribution or a mapping / list holding one (at any depth)."""
+    if isinstance(spec, Distribution):
+        return True
+    if isinstance(spec, Mapping):
+        return any(searched(v) for v in spec.values())
+    if isinstance(spec, list):
+        return any(searched(v) for v in spec)
+    return False
+
+
+def _entries(spec: Mapping[str, Any] | list[Any]) -> list[tuple[str | int, Any]]:
+    return list(spec.items()) if isinstance(spec, Mapping) else list(enumerate(spec))
+
+
+def _flatten(key: str, spec: Any, out: dict[str, Any]) -> None:
+    """``out[key]`` = a distribution or a fixed value; a searched mapping / list gives a key per entry."""
+    if isinstance(spec, Distribution) or not searched(spec):
+        out[key] = _json(spec)
+        return
+    for entry, value in _entries(spec):
+        _flatten(f"{key}.{entry}", value, out)
+
+
+def _assemble(key: str, spec: Any, flat: Mapping[str, Any]) -> Any:
+    """The value of dimension ``key`` read back from a flat config (``_flatten``'s inverse)."""
+    if isinstance(spec, Distribution) or not searched(spec):
+        return flat[key]
+    parts = {entry: _assemble(f"{key}.{entry}", value, flat) for entry, value in _entries(spec)}
+    return parts if isinstance(spec, Mapping) else list(parts.values())
+
+
 def _points(dist: Distribution) -> list[Any]:
     if isinstance(dist, Categorical):
         return [_json(c) for c in dist.choices]
@@ -468,9 +521,15 @@ def _json(value: Any) -> Any:
     return value
 
 
-def _spec_json(spec: Any) -> Any:
-    """A distribution as its ``to_dict`` form, a fixed value as JSON."""
-    return spec.to_dict() if isinstance(spec, Distribution) else _json(spec)
+def spec_json(spec: Any) -> Any:
+    """A distribution as its ``to_dict`` form (also inside a mapping or list), a fixed value as JSON."""
+    if isinstance(spec, Distribution):
+        return spec.to_dict()
+    if isinstance(spec, list) and searched(spec):
+        return [spec_json(v) for v in spec]
+    if isinstance(spec, Mapping) and searched(spec):
+        return {k: spec_json(v) for k, v in spec.items()}
+    return _json(spec)
 
 
 def _native(value: Any) -> Any:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from autocompress.distributions import Categorical, Distribution, FloatRange, IntRange
 from autocompress.errors import AutocompressError
 from autocompress.models import ArchConfig, load_arch
-from autocompress.search.space import SearchSpace, arch_from_values
+from autocompress.search.space import SearchSpace, arch_from_values, arch_values, searched, spec_json
 from autocompress.supernet.elastic import supernet_class
 from autocompress.supernet.sandwich import SampleArch
 
@@ -33,26 +33,28 @@ def supernet_archs(space: SearchSpace) -> tuple[ArchConfig, ArchConfig]:
     cls = supernet_class(space.family)
     largest: dict[str, Any] = {}
     smallest: dict[str, Any] = {}
-    for key, spec in space.dimensions().items():
-        if not key.startswith("arch."):
+    for name, spec in space.arch.items():
+        if isinstance(spec, Mapping | list) and name in ("embedding_dims", *cls.width_fields):
+            # searched entry by entry (a table's width, a layer's width): the widest of each entry,
+            # and the narrowest; a fixed entry is both
+            largest[name], smallest[name] = _entrywise(spec, max), _entrywise(spec, min)
             continue
-        name = key.removeprefix("arch.")
-        if not isinstance(spec, Distribution):
+        if not searched(spec):
             largest[name] = smallest[name] = spec
             continue
-        values = _extremes(spec)
+        values = _extremes(spec) if isinstance(spec, Distribution) else []
         if name in cls.width_fields:
             ends_at_output = cls.width_fields[name][1] and name not in space.arch_rules
             largest[name] = _covering_widths(values, ends_at_output)
             smallest[name] = min(values, key=lambda widths: (sum(widths), len(widths)))
-        elif name in cls.shrinking_fields or name in cls.own_fields:
+        elif values and (name in cls.shrinking_fields or name in cls.own_fields):
             sized = [v for v in values if v is not None]
             largest[name] = None if None in values or not sized else max(sized)  # None: the whole length
             smallest[name] = min(sized) if sized else None
         else:
             shared = sorted({*cls.shrinking_fields, *cls.own_fields, *cls.width_fields})
             raise AutocompressError(
-                f"search.strategy two_stage: arch.{name} varies in {space.name} ({spec.to_dict()}), but a "
+                f"search.strategy two_stage: arch.{name} varies in {space.name} ({spec_json(spec)}), but a "
                 f"{space.family} supernet shares weights only across {shared}; fix arch.{name} in the "
                 "search space or use search.strategy per_trial"
             )
@@ -61,11 +63,11 @@ def supernet_archs(space: SearchSpace) -> tuple[ArchConfig, ArchConfig]:
 
 def arch_sampler(space: SearchSpace) -> SampleArch:
     """``sample(rng)``: an architecture drawn from the space's arch distributions (its rules applied)."""
-    dims = {k.removeprefix("arch."): v for k, v in space.dimensions().items() if k.startswith("arch.")}
+    dims = {k: v for k, v in space.dimensions().items() if k.startswith("arch.")}
 
     def sample(rng: random.Random) -> ArchConfig:
-        values = {k: _draw(v, rng) if isinstance(v, Distribution) else v for k, v in dims.items()}
-        return load_arch(arch_from_values(space, values))
+        flat = {k: _draw(v, rng) if isinstance(v, Distribution) else v for k, v in dims.items()}
+        return load_arch(arch_from_values(space, arch_values(space, flat)))
 
     return sample
 
@@ -79,6 +81,17 @@ def _extremes(spec: Distribution) -> list[Any]:
     if isinstance(spec, FloatRange):
         return [spec.low, spec.high]
     raise TypeError(f"unknown distribution {spec!r}")
+
+
+def _entrywise(spec: Any, pick: Any) -> Any:
+    """``spec`` with each distribution replaced by ``pick`` (max or min) of its bounding values."""
+    if isinstance(spec, Distribution):
+        return pick(_extremes(spec))
+    if isinstance(spec, Mapping):
+        return {k: _entrywise(v, pick) for k, v in spec.items()}
+    if isinstance(spec, list):
+        return [_entrywise(v, pick) for v in spec]
+    return spec
 
 
 def _covering_widths(choices: Sequence[Sequence[int]], ends_at_output: bool) -> list[int]:

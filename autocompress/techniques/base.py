@@ -66,6 +66,26 @@ class TechniqueConfig:
     def check(self) -> None:
         """Validate values that need no model; raise AutocompressError naming the field."""
 
+    def named_pairs(self, field_name: str, what: str, value: str) -> tuple[tuple[str, Any], ...]:
+        """A per-name field (``{table: bits}``, ``{group: ratio}``) as (name, value) pairs, from a
+        mapping or a JSON list of pairs; names are non-empty strings, each given once."""
+        raw: Any = getattr(self, field_name)
+        if isinstance(raw, Mapping):
+            pairs = tuple(raw.items())
+        elif isinstance(raw, list | tuple) and all(isinstance(e, list | tuple) and len(e) == 2 for e in raw):
+            pairs = tuple((e[0], e[1]) for e in raw)
+        else:
+            raise self.fail(
+                field_name, f"expected {{{what}: {value}}} or [[{what}, {value}], ...], got {raw!r}"
+            )
+        names = [name for name, _ in pairs]
+        for name in names:
+            if not isinstance(name, str) or not name:
+                raise self.fail(field_name, f"{what} names must be non-empty strings, got {name!r}")
+            if names.count(name) > 1:
+                raise self.fail(field_name, f"{what} {name!r} is given twice")
+        return pairs
+
     def fail(self, field_name: str, message: str) -> AutocompressError:
         """An error naming this technique and one of its fields."""
         return AutocompressError(f"{self.name}.{field_name}: {message}")

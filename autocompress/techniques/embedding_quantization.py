@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -37,8 +36,9 @@ FLOAT_BITS = 32  # in ``table_bits``: leave this table in float32
 TABLE_BITS = (*BITS, FLOAT_BITS)
 QUANTIZED_OP = "GatherBlockQuantized"
 MS_DOMAIN = "com.microsoft"
-# FeatureEmbeddings keeps one table per sparse feature, in schema order: "<module>.tables.<i>.weight".
-_TABLE_PATH = re.compile(r"^(?:(?P<module>.+)\.)?tables\.(?P<index>\d+)\.weight$")
+# FeatureEmbeddings keeps one table per sparse feature, in schema order: "<module>.tables.<i>.weight",
+# or "<module>.tables.<i>.table.weight" once frequency hashing has put the table behind its remap.
+_TABLE_PATH = re.compile(r"^(?:(?P<module>.+)\.)?tables\.(?P<index>\d+)(?:\.table)?\.weight$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,28 +67,13 @@ class Config(TechniqueConfig):
     )
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "table_bits", self._table_bits_pairs())
+        object.__setattr__(self, "table_bits", self.named_pairs("table_bits", "table", "bits"))
         super().__post_init__()
-
-    def _table_bits_pairs(self) -> tuple[tuple[Any, Any], ...]:
-        """``table_bits`` as (table, bits) pairs, from a mapping or from a list of pairs (JSON)."""
-        raw: Any = self.table_bits
-        if isinstance(raw, Mapping):
-            return tuple(raw.items())
-        if isinstance(raw, list | tuple) and all(isinstance(e, list | tuple) and len(e) == 2 for e in raw):
-            return tuple((e[0], e[1]) for e in raw)
-        raise self.fail("table_bits", f"expected {{table: bits}} or [[table, bits], ...], got {raw!r}")
 
     def check(self) -> None:
         if not _is_int(self.bits) or self.bits not in BITS:
             raise self.fail("bits", f"{self.bits!r} not allowed; allowed: {list(BITS)}")
-        seen: set[str] = set()
         for table, bits in self.table_bits:
-            if not isinstance(table, str) or not table:
-                raise self.fail("table_bits", f"table names must be non-empty strings, got {table!r}")
-            if table in seen:
-                raise self.fail("table_bits", f"table {table!r} is given twice")
-            seen.add(table)
             if not _is_int(bits) or bits not in TABLE_BITS:
                 raise self.fail(
                     "table_bits", f"{bits!r} not allowed for {table!r}; allowed: {list(TABLE_BITS)}"

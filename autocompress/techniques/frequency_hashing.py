@@ -51,13 +51,25 @@ class Config(TechniqueConfig):
         "hash only tables with more rows than this (when `tables` is empty)",
     )
     tables: tuple[str, ...] = param((), None, "sparse features whose tables are hashed (empty: by min_vocab)")
+    table_buckets: tuple[tuple[str, int], ...] = param(
+        (),
+        None,
+        "per-table buckets overriding `hash_buckets`: {table: buckets}; a table named here is hashed",
+    )
     finetune_epochs: int = param(1, IntRange(0, 3), "epochs of training after hashing")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "table_buckets", self.named_pairs("table_buckets", "table", "buckets"))
+        super().__post_init__()
 
     def check(self) -> None:
         self.require_int("min_count", 1)
         self.require_int("hash_buckets", 1)
         self.require_int("min_vocab", 0)
         self.require_int("finetune_epochs", 0)
+        for table, buckets in self.table_buckets:
+            if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
+                raise self.fail("table_buckets", f"{table!r}: must be an integer >= 1, got {buckets!r}")
 
 
 def id_counts(train: Table, schema: FeatureSchema, table_name: str) -> np.ndarray:
@@ -106,6 +118,8 @@ def apply(model: nn.Module, config: Config, ctx: TechniqueContext) -> nn.Module:
     groups = [m for m in model.modules() if isinstance(m, FeatureEmbeddings)]
     known = {name for group in groups for name in group.table_names}
     config.check_names("tables", config.tables, known)
+    buckets = dict(config.table_buckets)
+    config.check_names("table_buckets", buckets, known)
     if ctx.train is None:
         raise AutocompressError(
             f"{config.name}: needs training data (ctx.train) to count how often each id occurs"
@@ -116,11 +130,11 @@ def apply(model: nn.Module, config: Config, ctx: TechniqueContext) -> nn.Module:
             table = group.tables[i]
             vocab = ctx.schema.sparse_feature(name).vocab_size
             wanted = name in config.tables if config.tables else vocab > config.min_vocab
-            if not wanted or type(table) is not nn.Embedding:
+            if not (wanted or name in buckets) or type(table) is not nn.Embedding:
                 continue
             if name not in counts:
                 counts[name] = id_counts(ctx.train, ctx.schema, name)
-            row_of, rows = hashed_rows(counts[name], config.min_count, config.hash_buckets)
+            row_of, rows = hashed_rows(counts[name], config.min_count, buckets.get(name, config.hash_buckets))
             dim = table.weight.shape[1]
             if vocab * REMAP_BYTES_PER_ROW + rows * dim * 4 >= vocab * dim * 4:
                 continue  # narrow tables (e.g. DeepFM first-order weights) would grow
@@ -189,6 +203,7 @@ def _hashed_embedding_class() -> type[nn.Module]:
 EXAMPLES = [
     {"min_count": 10, "hash_buckets": 64, "finetune_epochs": 0},
     {"min_count": 1, "hash_buckets": 16, "tables": ["item_id"], "finetune_epochs": 0},
+    {"min_count": 10, "table_buckets": {"user_id": 32, "item_id": 64}, "finetune_epochs": 0},
 ]
 INVALID = [
     ({"hash_buckets": 0}, "frequency_hashing.hash_buckets: must be an integer >= 1"),
@@ -196,4 +211,8 @@ INVALID = [
     ({"min_vocab": -1}, "frequency_hashing.min_vocab: must be an integer >= 0"),
     ({"finetune_epochs": -2}, "frequency_hashing.finetune_epochs: must be an integer >= 0"),
     ({"tables": ["no_such_table"]}, "frequency_hashing.tables: unknown name(s) ['no_such_table']"),
+    (
+        {"table_buckets": {"no_such_table": 8}},
+        "frequency_hashing.table_buckets: unknown name(s) ['no_such_table']",
+    ),
 ]

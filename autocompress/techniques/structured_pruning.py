@@ -66,14 +66,29 @@ class Config(TechniqueConfig):
     layers: tuple[str, ...] = param(
         (), None, "names of the Linear layers to prune (e.g. 'top.0'); empty: every prunable one"
     )
+    group_ratios: tuple[tuple[str, float], ...] = param(
+        (),
+        None,
+        "per layer group, its own sparse_ratio: {group: ratio}, a group being the layers whose name "
+        "starts with '<group>.' (e.g. bottom, top); per_layer scope only",
+    )
     iterative_steps: int = param(
         1, IntRange(1, 3), "prune in this many equal steps, re-ranking (and fine-tuning) after each"
     )
     finetune_epochs: int = param(1, IntRange(0, 3), "epochs of fine-tuning after each pruning step")
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "group_ratios", self.named_pairs("group_ratios", "group", "ratio"))
+        super().__post_init__()
+
     def check(self) -> None:
         if not _is_number(self.sparse_ratio) or not 0.0 <= self.sparse_ratio < 1.0:
             raise self.fail("sparse_ratio", f"must be in [0, 1), got {self.sparse_ratio!r}")
+        for group, ratio in self.group_ratios:
+            if not _is_number(ratio) or not 0.0 <= ratio < 1.0:
+                raise self.fail("group_ratios", f"{group!r}: must be in [0, 1), got {ratio!r}")
+        if self.group_ratios and self.scope != "per_layer":
+            raise self.fail("group_ratios", f"needs scope per_layer, got scope {self.scope!r}")
         if self.importance not in IMPORTANCES:
             raise self.fail("importance", f"{self.importance!r} is not one of {list(IMPORTANCES)}")
         if self.scope not in SCOPES:
@@ -86,22 +101,28 @@ class Config(TechniqueConfig):
 
 def apply(model: nn.Module, config: Config, ctx: TechniqueContext) -> nn.Module:
     """Remove the least important hidden units of ``model`` (in place), then fine-tune; returns it."""
+    from torch import nn
+
     batch = _trace_batch(model, ctx)
     graph = dependency_graph(model, batch)
     prunable = prunable_layers(model, graph)
     config.check_names("layers", config.layers, prunable)
     chosen = {name: prunable[name] for name in (config.layers or prunable)}
-    if not chosen or config.sparse_ratio == 0.0:
+    groups = dict(config.group_ratios)
+    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    config.check_names("group_ratios", groups, {_group(name) for name in linears})
+    target = {name: groups.get(_group(name), config.sparse_ratio) for name in chosen}
+    if not chosen or not any(target.values()):
         log.warning("structured_pruning: nothing to prune (prunable layers: %s)", sorted(prunable))
         return model
     initial = {name: layer.out_features for name, layer in chosen.items()}
     for step in range(1, config.iterative_steps + 1):
-        ratio = config.sparse_ratio * step / config.iterative_steps
         scores = unit_importance(model, graph, chosen, config, ctx)
         if config.scope == "global":
-            removed = _global_removals(scores, initial, ratio)
+            removed = _global_removals(scores, initial, config.sparse_ratio * step / config.iterative_steps)
         else:
-            removed = _per_layer_removals(scores, initial, ratio)
+            ratios = {name: ratio * step / config.iterative_steps for name, ratio in target.items()}
+            removed = _per_layer_removals(scores, initial, ratios)
         _remove_units(model, graph, chosen, removed, _trace_batch(model, ctx))
         ctx.finetune(model, config.finetune_epochs)
     widths = {name: f"{initial[name]}->{layer.out_features}" for name, layer in chosen.items()}
@@ -231,15 +252,20 @@ def _prunable(graph: Any, layer: nn.Linear) -> bool:
     return True
 
 
+def _group(layer: str) -> str:
+    """A layer's group: its name up to the first dot (``top.1`` -> ``top``)."""
+    return layer.split(".", 1)[0]
+
+
 def _per_layer_removals(
-    scores: dict[str, torch.Tensor], initial: dict[str, int], ratio: float
+    scores: dict[str, torch.Tensor], initial: dict[str, int], ratios: dict[str, float]
 ) -> dict[str, list[int]]:
     """The least important units of each layer, leaving ``round(initial * (1 - ratio))`` (at least 1)."""
     import torch
 
     removed = {}
     for name, score in scores.items():
-        keep = max(1, round(initial[name] * (1.0 - ratio)))
+        keep = max(1, round(initial[name] * (1.0 - ratios[name])))
         count = max(0, len(score) - keep)
         removed[name] = sorted(int(i) for i in torch.argsort(score, stable=True)[:count])
     return removed
@@ -326,6 +352,7 @@ def _is_number(value: object) -> bool:
 EXAMPLES = [
     {"sparse_ratio": 0.3, "importance": "taylor", "scope": "global", "finetune_epochs": 0},
     {"importance": "l2", "layers": ["top.0"], "iterative_steps": 2, "finetune_epochs": 0},
+    {"group_ratios": {"bottom": 0.25, "top": 0.5}, "finetune_epochs": 0},
 ]
 INVALID = [
     ({"sparse_ratio": 1.0}, "structured_pruning.sparse_ratio: must be in [0, 1), got 1.0"),
@@ -343,4 +370,13 @@ INVALID = [
     ),
     ({"layers": ["bottom.2"]}, "structured_pruning.layers: unknown name(s) ['bottom.2']"),
     ({"layers": ["top.4"]}, "structured_pruning.layers: unknown name(s) ['top.4']"),
+    ({"group_ratios": {"top": 1.0}}, "structured_pruning.group_ratios: 'top': must be in [0, 1), got 1.0"),
+    (
+        {"group_ratios": {"top": 0.5}, "scope": "global"},
+        "structured_pruning.group_ratios: needs scope per_layer, got scope 'global'",
+    ),
+    (
+        {"group_ratios": {"middle": 0.5}},
+        "structured_pruning.group_ratios: unknown name(s) ['middle']; the model has ['bottom', 'top']",
+    ),
 ]

@@ -69,7 +69,13 @@ def test_the_inventory_is_the_graph_that_gets_built(tiny_dataset: Dataset) -> No
 
     counts = TableCounts.from_dataset(tiny_dataset)
     checked = 0
-    for family, preset in [("dlrm", None), ("dlrm", "accuracy"), ("din", "small"), ("din", None)]:
+    for family, preset in [
+        ("dlrm", None),
+        ("dlrm", "accuracy"),
+        ("dlrm", "per_table"),  # per-table widths, buckets and bits, per-group pruning
+        ("din", "small"),
+        ("din", None),
+    ]:
         space = load_search_space(family, preset)
         for arch, policy in sample_candidates(space, 3, seed=11):
             structural = structural_policy(policy)
@@ -93,8 +99,8 @@ def test_the_inventory_is_the_graph_that_gets_built(tiny_dataset: Dataset) -> No
             assert ops["GatherBlockQuantized"] == sum(s.startswith("block") for s in storage)
             assert ops["DequantizeLinear"] == storage.count("int8")
             tables = list(inv.tables)
-            calls = [  # a projection runs once per lookup of its table
-                sum(lk.table == tables[int(x.name.split(".")[2])] for lk in inv.lookups)
+            calls = [  # a projection runs once per lookup of its table; after a mean pooling, in float
+                sum(lk.table == tables[int(x.name.split(".")[2])] and not lk.pooled for lk in inv.lookups)
                 if x.name.startswith("embeddings.projections.")
                 else 1
                 for x in inv.linears.values()
@@ -102,7 +108,7 @@ def test_the_inventory_is_the_graph_that_gets_built(tiny_dataset: Dataset) -> No
             ]
             assert ops["MatMulInteger"] == sum(calls)
             checked += 1
-    assert checked >= 8
+    assert checked >= 11
 
 
 def test_structural_policy_keeps_the_structure_and_drops_the_training() -> None:

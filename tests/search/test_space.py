@@ -66,8 +66,8 @@ FROZEN = Path(__file__).parent / "spaces" / "dlrm.yaml"
 
 def test_every_family_has_a_space_with_the_three_presets():
     assert set(SPACES) == set(FAMILIES)
-    for presets in SPACES.values():
-        assert presets == ["accuracy", "realtime", "small"]
+    for family, presets in SPACES.items():
+        assert presets == ["accuracy", *(["per_table"] if family == "dlrm" else []), "realtime", "small"]
 
 
 @pytest.mark.parametrize(("family", "preset"), ALL)
@@ -78,7 +78,13 @@ def test_every_space_and_preset_loads_and_round_trips(family, preset):
     data = json.loads(json.dumps(space.to_dict()))
     assert SearchSpace.from_dict(data) == space
     # the searched part is real: several arch dimensions and at least one policy slot vary
-    assert sum(isinstance(v, Categorical | IntRange | FloatRange) for v in space.arch.values()) >= 2
+    assert (
+        sum(
+            key.startswith("arch.") and isinstance(v, Categorical | IntRange | FloatRange)
+            for key, v in space.dimensions().items()
+        )
+        >= 2
+    )
     levels = [slot.level for slot in space.policy]
     assert levels == sorted(levels, key=lambda level: level == "onnx"), "torch-level slots come first"
     assert space.budget.batch_size == 256 and space.budget.percentile == 99
@@ -109,6 +115,54 @@ def test_every_shipped_preset_states_its_budget_against_the_fp32_baseline(family
         assert budget.latency is not None and budget.latency.speedup_vs == "onnx_fp32", (family, preset)
         assert budget.latency_ms is None and budget.size_mb is None, (family, preset)
         assert budget.relative and budget.max_auc_drop is not None
+
+
+def test_a_mapping_or_list_holding_distributions_is_searched_entry_by_entry():
+    widths = {"kind": "categorical", "choices": [4, 8]}
+    doc = edited(
+        arch__embedding_dims={"item_id": widths, "user_id": 4},
+        arch__top_mlp=[{"kind": "categorical", "choices": [16, 32]}, 8],
+        policy__1__technique="embedding_quantization",
+        policy__1__params={"table_bits": {"item_id": {"kind": "categorical", "choices": [4, 8, 32]}}},
+    )
+    space = SearchSpace.from_dict({k: v for k, v in doc.items() if k != "presets"})
+    dims = space.dimensions()
+    # each entry is a dimension of its own, a fixed entry beside a searched one included
+    assert (
+        dims["arch.embedding_dims.item_id"] == Categorical([4, 8])
+        and dims["arch.embedding_dims.user_id"] == 4
+    )
+    assert dims["arch.top_mlp.0"] == Categorical([16, 32]) and dims["arch.top_mlp.1"] == 8
+    assert dims["policy.1.table_bits.item_id"] == Categorical([4, 8, 32])
+    assert "arch.embedding_dims" not in dims and "arch.top_mlp" not in dims
+
+    flat = {k: v for k, v in dims.items() if not isinstance(v, Categorical | IntRange | FloatRange)}
+    flat |= {
+        "arch.embedding_dim": 8,
+        "arch.bottom_mlp": [32],
+        "arch.embedding_dims.item_id": 4,
+        "arch.top_mlp.0": 32,
+        "policy.0.enabled": False,
+        "policy.0.sparse_ratio": 0.5,
+        "policy.1.table_bits.item_id": 32,
+    }
+    arch, policy = decode(space, flat)
+    assert arch["embedding_dims"] == {"item_id": 4, "user_id": 4} and arch["top_mlp"] == [32, 8]
+    assert dict(policy.steps[0].table_bits) == {"item_id": 32}
+    assert SearchSpace.from_dict(json.loads(json.dumps(space.to_dict()))) == space
+    with pytest.raises(AutocompressError, match=r"arch.embedding_dims.item_id = 5 is not in"):
+        decode(space, {**flat, "arch.embedding_dims.item_id": 5})
+
+
+def test_the_per_table_preset_searches_each_large_table_layer_and_group():
+    dims = load_search_space("dlrm", "per_table").dimensions()
+    searched = {k for k, v in dims.items() if isinstance(v, Categorical | IntRange | FloatRange)}
+    tables = ("user_id", "item_id", "item_brand")
+    assert {f"arch.embedding_dims.{t}" for t in tables} <= searched
+    assert {"arch.top_mlp.0", "arch.top_mlp.1", "arch.bottom_mlp.0"} <= searched
+    assert {"policy.0.table_buckets.user_id", "policy.0.table_buckets.item_id"} <= searched
+    assert {"policy.1.group_ratios.bottom", "policy.1.group_ratios.top"} <= searched
+    assert {f"policy.2.table_bits.{t}" for t in tables} <= searched
 
 
 def test_presets_override_arch_policy_and_budget():
@@ -271,7 +325,7 @@ def test_unknown_preset_lists_the_presets(tmp_path):
     path = write_space(tmp_path, MINIMAL)
     with pytest.raises(AutocompressError, match=r"dlrm.yaml: unknown preset 'turbo'; presets: \['fast'\]"):
         load_search_space("dlrm", "turbo", path=path)
-    with pytest.raises(AutocompressError, match=r"presets: \['accuracy', 'realtime', 'small'\]"):
+    with pytest.raises(AutocompressError, match=r"presets: \['accuracy', 'per_table', 'realtime', 'small'\]"):
         load_search_space("dlrm", "turbo")
 
 

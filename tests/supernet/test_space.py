@@ -54,6 +54,36 @@ def test_every_architecture_of_a_shipped_space_is_inside_its_supernet(
     assert all(net.contains(a) for a in [smallest, *(sample(rng) for _ in range(50))])
 
 
+def test_tables_and_layers_searched_one_by_one_are_covered_entry_by_entry() -> None:
+    widths = {"kind": "categorical", "choices": [2, 4, 8]}
+    dlrm = space(
+        "dlrm",
+        {
+            "embedding_dim": 8,
+            "embedding_dims": {"item_id": widths, "user_id": widths},
+            "bottom_mlp": [{"kind": "categorical", "choices": [4, 16]}],
+            "top_mlp": [
+                {"kind": "int", "low": 8, "high": 32, "step": 8},
+                {"kind": "categorical", "choices": [4, 12]},
+            ],
+        },
+        arch_rules={"bottom_mlp": {"append": "embedding_dim"}},
+    )
+    largest, smallest = supernet_archs(dlrm)
+    assert largest == DLRMArch(
+        embedding_dim=8, embedding_dims={"item_id": 8, "user_id": 8}, bottom_mlp=(16, 8), top_mlp=(32, 12)
+    )
+    assert smallest == DLRMArch(
+        embedding_dim=8, embedding_dims={"item_id": 2, "user_id": 2}, bottom_mlp=(4, 8), top_mlp=(8, 4)
+    )
+    net = Supernet.for_family(SCHEMA, largest)
+    sample, rng = arch_sampler(dlrm), random.Random(0)
+    drawn = [sample(rng) for _ in range(60)]
+    assert len({tuple(a.embedding_dims.values()) for a in drawn}) > 4  # type: ignore[attr-defined]
+    assert len({a.top_mlp for a in drawn}) > 4  # type: ignore[attr-defined]
+    assert all(net.contains(a) for a in [smallest, *drawn])
+
+
 def test_a_shorter_history_is_shared_and_none_is_the_longest() -> None:
     din = space(
         "din",

@@ -214,6 +214,21 @@ def test_deepfm_first_order_tables_are_named_by_module_and_stay_float(tmp_path):
     }
 
 
+def test_a_hashed_table_keeps_its_name_for_its_own_bits(tmp_path):
+    from autocompress.techniques.frequency_hashing import Config as Hashing
+
+    setup = tiny_setup("dlrm")
+    hashing = Hashing(min_count=10, hash_buckets=64, tables=("item_id",), finetune_epochs=0)
+    policy = Policy((hashing, Config(bits=8, table_bits={"item_id": 4})))
+    out = apply_policy(setup.model(), policy, setup.context(tmp_path))
+    graph = onnx.load(str(out.onnx_path)).graph
+    # the hashed table sits behind its remap (``tables.7.table``); table_bits still finds it by name
+    assert {n.input[0] for n in graph.node if n.op_type == "GatherBlockQuantized"} == {
+        "embeddings.tables.7.table.weight_q4",
+        "embeddings.tables.0.weight_q8",
+    }
+
+
 def test_table_bits_round_trip_as_pairs():
     config = Config(table_bits={"item_id": 4, "user_id": 32})
     assert config.table_bits == (("item_id", 4), ("user_id", 32))

@@ -121,6 +121,22 @@ def test_two_tower_shrinks(tmp_path):
     assert 0 < saved - GRAPH_OVERHEAD_BYTES < bytes_saved <= saved
 
 
+def test_a_table_named_in_table_buckets_gets_its_own_buckets(tmp_path):
+    setup = tiny_setup("dlrm")
+    config = Config(min_count=10, hash_buckets=64, table_buckets={"item_id": 16}, finetune_epochs=0)
+    model = apply(setup.model(), config, setup.context(tmp_path))
+    tables = dict(zip(model.embeddings.table_names, model.embeddings.tables, strict=True))
+    dataset = setup.dataset
+    for name, buckets in {"user_id": 64, "item_id": 16}.items():
+        _, rows = hashed_rows(id_counts(dataset.train, dataset.schema, name), 10, buckets)
+        assert isinstance(tables[name], HashedEmbedding) and tables[name].table.weight.shape[0] == rows
+    assert Config.from_dict(config.to_dict()) == config and config.table_buckets == (("item_id", 16),)
+    with pytest.raises(
+        AutocompressError, match=r"frequency_hashing\.table_buckets: unknown name\(s\) \['sku'\]"
+    ):
+        apply(setup.model(), Config(table_buckets={"sku": 8}), setup.context(tmp_path / "b"))
+
+
 def test_needs_training_data_to_count(tmp_path):
     setup = tiny_setup("dlrm")
     with pytest.raises(AutocompressError, match=r"frequency_hashing: needs training data"):
@@ -135,6 +151,11 @@ def test_needs_training_data_to_count(tmp_path):
         ({"min_count": True}, r"frequency_hashing\.min_count: must be an integer >= 1"),
         ({"min_vocab": -1}, r"frequency_hashing\.min_vocab: must be an integer >= 0"),
         ({"finetune_epochs": -1}, r"frequency_hashing\.finetune_epochs: must be an integer >= 0"),
+        (
+            {"table_buckets": {"item_id": 0}},
+            r"frequency_hashing\.table_buckets: 'item_id': must be an integer >= 1",
+        ),
+        ({"table_buckets": "item_id"}, r"frequency_hashing\.table_buckets: expected \{table: buckets\}"),
     ],
 )
 def test_bad_values_are_refused(data, message):

@@ -55,6 +55,16 @@ def test_per_layer_pruning_halves_every_hidden_layer_and_exports(tmp_path):
     np.testing.assert_allclose(onnx_logits(session, test), predict(model, test), atol=1e-4)
 
 
+def test_a_layer_group_keeps_its_own_ratio(tmp_path):
+    setup = tiny_setup("dlrm")
+    model = prune(
+        setup, tmp_path, sparse_ratio=0.25, group_ratios={"top": 0.5, "bottom": 0.0}, finetune_epochs=0
+    ).model
+    assert shape(model, "bottom.0") == (32, 2)  # its group's 0: untouched
+    assert shape(model, "top.0") == (32, 107) and shape(model, "top.2") == (16, 32)  # halved
+    assert Config.from_dict(Config(group_ratios={"top": 0.5}).to_dict()).group_ratios == (("top", 0.5),)
+
+
 @pytest.mark.slow
 def test_finetuned_pruned_model_keeps_the_auc_of_the_converged_model(tmp_path):
     # half of every hidden layer, one epoch of the production fine-tuning; measured: -0.0007 +- 0.0005
