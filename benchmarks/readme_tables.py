@@ -37,18 +37,23 @@ def _met(flag: bool) -> str:
 
 
 def search_comparison(result: dict[str, Any]) -> str:
-    """The search benchmark's overall winner on the test split, next to the two baselines."""
+    """The search benchmark's winners (two-stage, per-trial) on the test split, beside the baselines."""
     head = ["model", "test AUC", "ΔAUC", "MB", "smaller", "b256 p50 speed-up", "b256 p99 ms", "within budget"]
     rows = []
-    for name in ("winner", "ort_dynamic_int8", "onnx_fp32"):
-        r = result[name]
+    for name, r in (
+        ("winner", result["winner"]),
+        ("per-trial winner", result["per_trial"]["winner"]),
+        ("ort_dynamic_int8", result["ort_dynamic_int8"]),
+        ("onnx_fp32", result["onnx_fp32"]),
+    ):
         if r is None:
-            rows.append([name, result["no_winner_reason"] or DASH, *[""] * 6])
+            reason = result["no_winner_reason"] if name == "winner" else "no feasible model"
+            rows.append([name, reason or DASH, *[""] * 6])
             continue
         label = name
         if name == "winner":
             steps = " + ".join(r["techniques"] or [])
-            label = f"winner (trial {r['trial']}, {r.get('searcher') or 'searcher not recorded'}: {steps})"
+            label = f"winner ({r['searcher']}, trial {r['trial']}: {steps})"
         within = r.get("within_budget")
         rows.append(
             [
@@ -66,30 +71,72 @@ def search_comparison(result: dict[str, Any]) -> str:
     return _table(head, rows) + f"\nTargets: {targets}.\n"
 
 
-def search_searchers(result: dict[str, Any]) -> str:
-    """Each searcher at the same trial budget: completions, feasibility, hypervolume, cost."""
+def search_budget(result: dict[str, Any]) -> str:
+    """Per-trial against two-stage search at one wall-clock budget, and the rank fidelity of stage 1."""
     head = [
         "search",
-        "done / stopped / failed",
-        "feasible",
+        "candidates",
+        "wall s",
+        "candidates / hour",
+        "feasible / confirmed",
         "best feasible valid AUC",
-        "hypervolume (vs random)",
+        "its test AUC",
+        "hypervolume",
     ]
-    head.append("trial-seconds")
-    base = result["searchers"].get("random", {}).get("hypervolume")
+    per_trial, two_stage = result["per_trial"], result["two_stage"]
+    rows = [
+        [
+            f"{name} ({s['searcher']})",
+            str(s["candidates"]),
+            f"{s['wall_seconds']:.0f}",
+            f"{s['candidates_per_hour']:.0f}",
+            f"{s['feasible']} / {confirmed}",
+            _num(s["best_feasible_valid_auc"], ".4f"),
+            _num(s["best_feasible_test_auc"], ".4f"),
+            f"{s['hypervolume']:.4f}",
+        ]
+        for name, s, confirmed in (
+            ("per_trial", per_trial, per_trial["completed"]),
+            ("two_stage", two_stage, two_stage["stage2_trials"]),
+        )
+    ]
+    ratio = two_stage["candidates_per_hour"] / max(per_trial["candidates_per_hour"], 1e-9)
+    tau, detail = result["kendall_tau"], result["kendall_tau_detail"]
+    supernet_s = two_stage["supernet_seconds"]
+    return (
+        _table(head, rows)
+        + f"\nBudget {result['minutes']:g} min each. Two-stage: supernet {supernet_s:.0f} s"
+        f" + stage 1 {two_stage['stage1_seconds']:.0f} s + stage 2 {two_stage['stage2_seconds']:.0f} s"
+        f" ({'within' if two_stage['within_budget'] else 'over'} the budget), {ratio:.1f}x the per-trial"
+        f" candidates per hour. Kendall tau between stage-1 and fine-tuned valid AUC: {_num(tau, '.3f')}"
+        f" over {detail['candidates']} candidates ({detail['source']}).\n"
+    )
+
+
+def search_searchers(result: dict[str, Any]) -> str:
+    """The stage-1 searchers, each on the same supernet with the same candidate count and seeds."""
+    head = [
+        "searcher",
+        "candidates x seeds",
+        "hypervolume mean ± std (vs random)",
+        "per seed",
+        "best feasible valid AUC (mean)",
+        "candidates / s",
+    ]
+    base = result["searchers"].get("random", {}).get("hypervolume_mean")
     rows = []
     for name, s in sorted(result["searchers"].items()):
-        hv = f"{s['hypervolume']:.3f}"
+        hv = f"{s['hypervolume_mean']:.4f} ± {s['hypervolume_std']:.4f}"
         if base:
-            hv += f" ({s['hypervolume'] / base:.2f}x)"
+            hv += f" ({s['hypervolume_mean'] / base:.2f}x)"
         rows.append(
             [
                 name,
-                f"{s['completed']} / {s['stopped']} / {s['failed']}",
-                str(s["feasible"]),
-                _num(s["best_feasible_valid_auc"], ".4f"),
+                f"{s['candidates_min']} x {len(s['seeds'])}",
                 hv,
-                f"{s['trial_seconds']:.0f}",
+                " ".join(f"{v:.4f}" for v in s["hypervolume_per_seed"]),
+                _num(s["best_valid_auc_mean"], ".4f"),
+                f"{s['candidates_per_second']:.2f}",
             ]
         )
     return _table(head, rows)
@@ -242,6 +289,7 @@ def fuzz(result: dict[str, Any]) -> str:
 
 TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "search-comparison": ("search.json", search_comparison),
+    "search-budget": ("search.json", search_budget),
     "search-searchers": ("search.json", search_searchers),
     "search-reference": ("search.json", search_reference),
     "techniques": ("techniques.json", techniques),
