@@ -268,6 +268,8 @@ class TableCounts:
 
 
 def _structured_pruning(inv: Inventory, config: Any, counts: TableCounts) -> None:
+    from autocompress.techniques.structured_pruning import layer_group
+
     prunable = {n: layer for n, layer in inv.linears.items() if layer.prunable}
     unknown = sorted(set(config.layers) - set(prunable))
     if unknown:
@@ -279,7 +281,7 @@ def _structured_pruning(inv: Inventory, config: Any, counts: TableCounts) -> Non
     groups = dict(config.group_ratios)
     for name in config.layers or list(prunable):
         layer = prunable[name]
-        ratio = groups.get(name.split(".", 1)[0], config.sparse_ratio)
+        ratio = groups.get(layer_group(name), config.sparse_ratio)
         keep = max(1, round(layer.out_features * (1.0 - ratio)))
         if keep < layer.out_features:
             layer.out_features = keep

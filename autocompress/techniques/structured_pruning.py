@@ -110,8 +110,8 @@ def apply(model: nn.Module, config: Config, ctx: TechniqueContext) -> nn.Module:
     chosen = {name: prunable[name] for name in (config.layers or prunable)}
     groups = dict(config.group_ratios)
     linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    config.check_names("group_ratios", groups, {_group(name) for name in linears})
-    target = {name: groups.get(_group(name), config.sparse_ratio) for name in chosen}
+    config.check_names("group_ratios", groups, {layer_group(name) for name in linears})
+    target = {name: groups.get(layer_group(name), config.sparse_ratio) for name in chosen}
     if not chosen or not any(target.values()):
         log.warning("structured_pruning: nothing to prune (prunable layers: %s)", sorted(prunable))
         return model
@@ -252,7 +252,7 @@ def _prunable(graph: Any, layer: nn.Linear) -> bool:
     return True
 
 
-def _group(layer: str) -> str:
+def layer_group(layer: str) -> str:
     """A layer's group: its name up to the first dot (``top.1`` -> ``top``)."""
     return layer.split(".", 1)[0]
 
