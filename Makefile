@@ -14,11 +14,16 @@ NNI_TESTS := tests/techniques/test_nni_pruning.py tests/techniques/test_conforma
 SITE := lib/python3.11/site-packages
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
+# Modules are byte-compiled when first imported (install uses --no-compile): an environment with
+# PYTHONDONTWRITEBYTECODE=1 would have every process (each job driver, Ray worker and agent) compile
+# torch and Ray from source again, twice the CPU of a tiny job on 2 cores. Our recipes write the cache.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: install run test test-nni lint browser bench fuzz lock lock-nni clean
 
 # --no-deps: the lock is the whole environment; `pip check` (and tests/test_lock.py) prove it whole.
 # --no-compile: modules are byte-compiled when first imported, not all of torch and Ray up front
+# (see PYTHONDONTWRITEBYTECODE above)
 $(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --no-deps --no-compile -r $(LOCK)
