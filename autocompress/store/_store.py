@@ -6,10 +6,12 @@ the REST API and the CLI can share a database file (SQLite in WAL mode) or a Pos
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -215,6 +217,19 @@ def _event_record(row: JobEvent) -> EventRecord:
     return _record(EventRecord, row)
 
 
+# One lock per SQLite file for the write transactions of this process: its threads (the API's request
+# workers) queue here in turn, instead of polling SQLite's busy handler, which lets a hundred
+# concurrent writers starve one past the busy timeout. SQLite's lock still orders other processes.
+_SQLITE_WRITERS: dict[str, threading.RLock] = {}
+_SQLITE_WRITERS_GUARD = threading.Lock()
+
+
+def _sqlite_writer(database: str) -> threading.RLock:
+    key = os.path.realpath(database)
+    with _SQLITE_WRITERS_GUARD:
+        return _SQLITE_WRITERS.setdefault(key, threading.RLock())
+
+
 def _configure_sqlite(engine: Engine, busy_timeout_s: float) -> None:
     """WAL + busy timeout + foreign keys on every connection; write transactions take the lock up front.
 
@@ -278,12 +293,14 @@ class Store:
             Path(self._url.database).parent.mkdir(parents=True, exist_ok=True)
             self._engine = create_engine(self._url, connect_args={"timeout": busy_timeout_s})
             _configure_sqlite(self._engine, busy_timeout_s)
+            self._writer: contextlib.AbstractContextManager[Any] = _sqlite_writer(self._url.database)
         else:
             # pre-ping: a pooled connection the server dropped (a restart) is replaced before use
             connect_args: dict[str, Any] = {}
             if "connect_timeout" not in self._url.query:
                 connect_args["connect_timeout"] = _PG_CONNECT_TIMEOUT_S
             self._engine = create_engine(self._url, pool_pre_ping=True, connect_args=connect_args)
+            self._writer = contextlib.nullcontext()  # the server orders its writers
         write_engine = self._engine.execution_options(autocompress_write=True)
         self._reads = sessionmaker(self._engine, expire_on_commit=False)
         self._writes = sessionmaker(write_engine, expire_on_commit=False)
@@ -385,7 +402,7 @@ class Store:
         sessions = self._writes if write else self._reads
 
         def attempt() -> T:
-            with sessions.begin() as session:
+            with self._writer if write else contextlib.nullcontext(), sessions.begin() as session:
                 return work(session)
 
         return self._retrying(attempt)
