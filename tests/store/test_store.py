@@ -353,6 +353,34 @@ def test_two_stores_writing_trials_at_once_lose_nothing(store_url: str) -> None:
         assert len([e for e in check.list_events(job_id) if e.kind == "trial"]) == 2 * per_writer
 
 
+def test_threads_of_one_process_take_turns_on_a_sqlite_file_instead_of_timing_out(tmp_path) -> None:
+    """Thirty-two threads (the API's request workers) writing at once with a 50 ms busy timeout and
+    no retry: they queue on the process's lock for the file, so none waits out SQLite's timeout."""
+    path = tmp_path / "turns.db"
+    stores = [Store(path, busy_timeout_s=0.05, retry_attempts=1) for _ in range(2)]  # two pools, one file
+    job_id = _running_job(stores[0])
+    errors: list[BaseException] = []
+    start = threading.Barrier(32)
+
+    def writer(n: int) -> None:
+        try:
+            start.wait()
+            for i in range(5):
+                stores[n % 2].record_trial(job_id, f"t{n:02d}_{i}", "RUNNING", config={"i": i})
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(stores[0].list_trials(job_id)) == 32 * 5
+    for opened in stores:
+        opened.close()
+
+
 def test_sqlite_runs_in_wal_mode(tmp_path) -> None:
     path = tmp_path / "wal.db"
     with Store(path):
