@@ -31,8 +31,9 @@ PIP_PINS := '^(pip|setuptools|wheel)=='
 $(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	grep -E $(PIP_PINS) $(LOCK) > $(VENV)/lock-pip.txt
-	grep -vE $(PIP_PINS) $(LOCK) | grep -v '^#' | awk 'NR % 2 == 1' > $(VENV)/lock-1.txt
-	grep -vE $(PIP_PINS) $(LOCK) | grep -v '^#' | awk 'NR % 2 == 0' > $(VENV)/lock-2.txt
+	grep -vE $(PIP_PINS) $(LOCK) | grep -v '^#' > $(VENV)/lock-rest.txt
+	awk 'NR % 2 == 1' $(VENV)/lock-rest.txt > $(VENV)/lock-1.txt
+	awk 'NR % 2 == 0' $(VENV)/lock-rest.txt > $(VENV)/lock-2.txt
 	$(PIP_INSTALL) -r $(VENV)/lock-pip.txt
 	$(PIP_INSTALL) -r $(VENV)/lock-1.txt & first=$$!; $(PIP_INSTALL) -r $(VENV)/lock-2.txt; second=$$?; \
 	  wait $$first && [ $$second -eq 0 ]

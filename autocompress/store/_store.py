@@ -400,9 +400,10 @@ class Store:
 
     def _transaction(self, work: Callable[[Session], T], *, write: bool) -> T:
         sessions = self._writes if write else self._reads
+        turn = self._writer if write else contextlib.nullcontext()
 
         def attempt() -> T:
-            with self._writer if write else contextlib.nullcontext(), sessions.begin() as session:
+            with turn, sessions.begin() as session:
                 return work(session)
 
         return self._retrying(attempt)
