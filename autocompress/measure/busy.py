@@ -72,6 +72,7 @@ class BusyPolicy:
 
 DEFAULT_BUSY_POLICY = BusyPolicy()
 RETRIES_ENV = "AUTOCOMPRESS_BUSY_RETRIES"
+BUSY_WARNING = "node busy while measuring latency"  # how every busy-node warning starts
 
 
 def default_busy_policy() -> BusyPolicy:
@@ -181,7 +182,7 @@ def assess_load(
     warning = None
     if reasons:
         warning = (
-            f"node busy while measuring latency: {'; '.join(reasons)}; cv {cv_row.cv:.2f}; "
+            f"{BUSY_WARNING}: {'; '.join(reasons)}; cv {cv_row.cv:.2f}; "
             f"still busy after {attempts} measurement(s), the figures may be inflated"
         )
     return NodeLoad(

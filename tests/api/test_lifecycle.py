@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from autocompress.cli import app as cli_app
 from autocompress.job import JobSpec
+from autocompress.measure.busy import BUSY_WARNING
 from autocompress.store import JobStatus, Store, TrialStatus
 from autocompress.testing import tiny_job
 from serve_app.launcher import RELAUNCH_EVENT, driver_id_for
@@ -101,8 +102,27 @@ def test_the_tiny_job_from_submission_to_model_download(api_factory, sqlite_url,
     report = api.http.get(f"/v1/jobs/{job_id}/report")
     assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
     assert job_id in report.text and "Pareto" in report.text and "data:image/png;base64," in report.text
+    assert f"Winner: trial <b>{winner['trial_key']}</b>" in report.text
 
     [model_id] = view["model_ids"]
+    # the test comparison: the winner next to the fp32 reference and ONNX Runtime's int8, on the test split
+    result = view["result"]
+    assert [r["name"] for r in result["rows"]] == ["winner", "onnx_fp32", "ort_dynamic_int8"]
+    chosen, fp32 = result["rows"][:2]
+    assert 0.6 < fp32["test_auc"] < 1 and chosen["size_ratio"] > 1  # the winner is smaller
+    # judged on the latency measured again once no trial runs (the trial row keeps the in-trial figure);
+    # the figure shown is the figure the winner was selected on, and it still meets the budget
+    stored = api.store.get_model(model_id).metrics
+    assert stored["feasible"] is True and stored["latency_ms"] <= view["budget"]["latency_ms"]
+    assert stored["test"]["test_auc"] == pytest.approx(chosen["test_auc"])
+    assert chosen["latency_ms"] == stored["latency_ms"]
+    assert chosen["within_budget"] is True and "<td>yes</td>" in report.text
+    warnings = [e.message for e in api.store.list_events(job_id) if e.kind == "warning"]
+    assert not [w for w in warnings if BUSY_WARNING not in w]  # it beats popularity (a busy node may be said)
+    # an absolute budget is its own resolution; the baselines were measured before the search
+    budget = result["budget"]
+    assert budget["rule"] == budget["resolved"] == JobSpec.from_dict(spec).budget.to_dict()
+    assert set(budget["baselines"]) == {"onnx_fp32", "ort_dynamic_int8"}
     assert [m["id"] for m in api.http.get("/v1/models", params={"job_id": job_id}).json()["models"]] == [
         model_id
     ]
