@@ -65,7 +65,7 @@ lint: $(STAMP)
 # up once)
 test: $(STAMP) browser
 	$(MAKE) --no-print-directory -j2 -O lint test-nni
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 # the nni_pruning technique and its conformance, which skip in .venv (no nni there)
 test-nni: $(NNI_STAMP)
