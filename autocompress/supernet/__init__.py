@@ -1,4 +1,4 @@
-"""Elastic weight-sharing supernets (dlrm, dcn_v2, din) and their sandwich-rule training.
+"""Elastic weight-sharing supernets of every family and their sandwich-rule training.
 
 ``Supernet.for_family(schema, largest_arch)`` holds the largest model of a family; any smaller
 architecture of the family runs on the leading slices of its weights (``supernet(batch, arch)``)

@@ -8,7 +8,9 @@ A sub-network reads the leading slice of every weight of the largest model:
 * MLP widths and depths: the first units of each layer and the first layers, then the largest's
   output layer (which reads the first units of the sub-network's last layer);
 * inputs that concatenate per-feature vectors take the first columns of every feature's block;
-* din's ``history_length``: no weight depends on it, the sub-network reads fewer positions.
+* din's ``history_length``: no weight depends on it, the sub-network reads fewer positions;
+* a tensor the family derives from the sub-network's own arch (two_tower's fixed temperature) is the
+  sub-network's own, not a slice.
 
 The elastic forward runs the family's own ``forward`` on the sliced weights
 (``torch.func.functional_call`` on a shape-only copy of the sub-network's model), so a sub-network
@@ -41,6 +43,8 @@ _SUPERNETS: dict[str, tuple[str, str]] = {
     "dlrm": ("autocompress.supernet.families", "DLRMSupernet"),
     "dcn_v2": ("autocompress.supernet.families", "DCNv2Supernet"),
     "din": ("autocompress.supernet.families", "DINSupernet"),
+    "deepfm": ("autocompress.supernet.families", "DeepFMSupernet"),
+    "two_tower": ("autocompress.supernet.families", "TwoTowerSupernet"),
 }
 SUPERNET_FAMILIES: tuple[str, ...] = tuple(_SUPERNETS)
 
@@ -66,11 +70,13 @@ class _Plan:
 
     ``slices[name] = (source, axes)``: ``source`` is the largest model's tensor name (None: an
     identity up-projection the largest does not have); each axis keeps its first n entries (an int)
-    or the given indices (a tensor of a concatenated input).
+    or the given indices (a tensor of a concatenated input). ``own``: tensors the sub-network takes
+    from its own arch (``Supernet._own_tensors``), on the CPU.
     """
 
     skeleton: RankingModel
     slices: dict[str, tuple[str | None, tuple[int | Tensor, ...]]]
+    own: dict[str, Tensor]
 
 
 class Supernet(nn.Module):
@@ -196,6 +202,10 @@ class Supernet(nn.Module):
         """Per sub-network tensor name, the axes that concatenate per-feature blocks (family rules)."""
         return {}
 
+    def _own_tensors(self, arch: ArchConfig) -> dict[str, Tensor]:
+        """Tensors sub-network ``arch`` takes from its own arch, not from the supernet (none in the base)."""
+        return {}
+
     def _plan(self, arch: ArchConfig) -> _Plan:
         arch = self.check(arch)
         plan = self._plans.get(arch)
@@ -205,9 +215,12 @@ class Supernet(nn.Module):
             skeleton = build(self.family, self.schema, arch)
         rename = self._depth_map(skeleton)
         layouts = self._input_layouts(arch)
+        own = self._own_tensors(arch)
         sources = {n: t.shape for n, t in chain(self.model.named_parameters(), self.model.named_buffers())}
         slices: dict[str, tuple[str | None, tuple[int | Tensor, ...]]] = {}
         for name, tensor in chain(skeleton.named_parameters(), skeleton.named_buffers()):
+            if name in own:
+                continue
             source: str | None = next(
                 (name.replace(a, b, 1) for a, b in rename.items() if name.startswith(a)), name
             )
@@ -230,7 +243,7 @@ class Supernet(nn.Module):
             slices[name] = (source, tuple(axes))
         if len(self._plans) >= 1024:
             self._plans.clear()
-        plan = self._plans[arch] = _Plan(skeleton=skeleton, slices=slices)
+        plan = self._plans[arch] = _Plan(skeleton=skeleton, slices=slices, own=own)
         return plan
 
     def _depth_map(self, skeleton: RankingModel) -> dict[str, str]:
@@ -257,7 +270,8 @@ class Supernet(nn.Module):
 
     def _slice(self, plan: _Plan) -> dict[str, Tensor]:
         state = dict(chain(self.model.named_parameters(), self.model.named_buffers()))
-        out: dict[str, Tensor] = {}
+        device = next(iter(self.model.parameters())).device
+        out: dict[str, Tensor] = {name: tensor.to(device) for name, tensor in plan.own.items()}
         for name, (source, axes) in plan.slices.items():
             if source is None:
                 weight = next(iter(self.model.parameters()))

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import ClassVar, cast
 
+import torch
+from torch import Tensor
+
 from autocompress.errors import AutocompressError
 from autocompress.models.arch import ArchConfig
+from autocompress.models.base import RankingModel
 from autocompress.models.dcn_v2 import DCNv2, DCNv2Arch
+from autocompress.models.deepfm import DeepFM, DeepFMArch
 from autocompress.models.din import DIN, DINArch
 from autocompress.models.dlrm import DLRM, DLRMArch
+from autocompress.models.two_tower import TwoTower, TwoTowerArch
 from autocompress.supernet.elastic import Blocks, Supernet
 
 
@@ -120,3 +127,60 @@ class DINSupernet(Supernet):
             # [interest, candidate, other id features..., dense values]
             "mlp.0.weight": {1: [*embedding] * (2 + len(model.other_ids)) + [(n_dense, n_dense)]},
         }
+
+
+class DeepFMSupernet(Supernet):
+    """DeepFM: elastic embedding width and deep MLP.
+
+    Every field's vector (one per dense value, one per id feature) keeps its first
+    ``embedding_dim`` entries: the FM term sums over those, and the deep MLP's first layer reads the
+    first ``embedding_dim`` columns of every field's block. The first-order weights are one wide and
+    always shared whole.
+    """
+
+    family: ClassVar[str] = "deepfm"
+    model: DeepFM
+    largest_arch: DeepFMArch
+    width_fields: ClassVar[Mapping[str, tuple[str, bool]]] = {"deep_mlp": ("deep", False)}
+
+    def _input_layouts(self, arch: ArchConfig) -> dict[str, dict[int, Blocks]]:
+        n_fields = len(self.model.dense_names) + len(self.model.id_names)
+        field: Blocks = [(self.largest_arch.embedding_dim, arch.embedding_dim)]
+        return {"deep.0.weight": {1: [*field] * n_fields}}
+
+
+class TwoTowerSupernet(Supernet):
+    """Two-tower: elastic embedding width, tower widths (both towers alike) and output width.
+
+    Each tower's first layer reads its dense values and the first ``embedding_dim`` entries of each
+    of its id features; its output layer gives the first ``output_dim`` units, so the dot product runs
+    over the first ``output_dim`` entries of both towers. The logit's scale is each sub-network's
+    own: ``l2_normalize`` holds no weight, a fixed temperature (``learn_temperature`` false) is the
+    sub-network's ``temperature``, and one that learns it starts from the supernet's (learnt when
+    the largest learns it).
+    """
+
+    family: ClassVar[str] = "two_tower"
+    model: TwoTower
+    largest_arch: TwoTowerArch
+    width_fields: ClassVar[Mapping[str, tuple[str, bool]]] = {"tower_mlp": ("user_tower", False)}
+    shrinking_fields: ClassVar[frozenset[str]] = frozenset({"embedding_dim", "output_dim"})
+    own_fields: ClassVar[frozenset[str]] = frozenset({"temperature", "learn_temperature", "l2_normalize"})
+
+    def _depth_map(self, skeleton: RankingModel) -> dict[str, str]:
+        """The user tower's layer map (``width_fields``), and the same for the item tower."""
+        user = super()._depth_map(skeleton)
+        item = {a.replace("user", "item", 1): b.replace("user", "item", 1) for a, b in user.items()}
+        return user | item
+
+    def _input_layouts(self, arch: ArchConfig) -> dict[str, dict[int, Blocks]]:
+        model, width = self.model, (self.largest_arch.embedding_dim, arch.embedding_dim)
+        user: Blocks = [(len(model.user_dense), len(model.user_dense)), *[width] * len(model.user_ids)]
+        item: Blocks = [(len(model.item_dense), len(model.item_dense)), *[width] * len(model.item_ids)]
+        return {"user_tower.0.weight": {1: user}, "item_tower.0.weight": {1: item}}
+
+    def _own_tensors(self, arch: ArchConfig) -> dict[str, Tensor]:
+        arch = cast(TwoTowerArch, arch)
+        if arch.learn_temperature:
+            return {}
+        return {"log_temperature": torch.tensor(math.log(arch.temperature))}

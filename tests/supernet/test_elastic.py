@@ -12,6 +12,7 @@ import torch
 from autocompress.errors import AutocompressError
 from autocompress.models import ArchConfig, build, model_class
 from autocompress.models.dcn_v2 import DCNv2Arch
+from autocompress.models.deepfm import DeepFMArch
 from autocompress.models.din import DINArch
 from autocompress.models.dlrm import DLRMArch
 from autocompress.models.two_tower import TwoTowerArch
@@ -24,6 +25,8 @@ LARGEST: dict[str, ArchConfig] = {
     "dlrm": DLRMArch(embedding_dim=8, bottom_mlp=(16, 8), top_mlp=(32, 16), embedding_dims={"user_id": 6}),
     "dcn_v2": DCNv2Arch(embedding_dim=8, cross_layers=3, deep_mlp=(16, 8)),
     "din": DINArch(embedding_dim=8, attention_mlp=(16, 8), mlp=(16, 8)),
+    "deepfm": DeepFMArch(embedding_dim=8, deep_mlp=(16, 8), embedding_dims={"item_id": 6}),
+    "two_tower": TwoTowerArch(embedding_dim=8, tower_mlp=(16, 8), output_dim=12, learn_temperature=True),
 }
 
 # per family: the smallest, the largest, and mixed ones (per-table widths, shallower, history)
@@ -39,6 +42,25 @@ SUBNETS: list[tuple[str, ArchConfig]] = [
     ("din", LARGEST["din"]),
     ("din", DINArch(embedding_dim=4, attention_mlp=(8, 3), mlp=(6,), history_length=4)),
     ("din", DINArch(embedding_dim=6, attention_mlp=(5,), mlp=(8, 8), embedding_dims={"item_id": 3})),
+    ("deepfm", DeepFMArch(embedding_dim=2, deep_mlp=(2,))),
+    ("deepfm", LARGEST["deepfm"]),
+    ("deepfm", DeepFMArch(embedding_dim=5, deep_mlp=(9, 3), embedding_dims={"item_id": 4, "tags": 2})),
+    ("two_tower", TwoTowerArch(embedding_dim=2, tower_mlp=(2,), output_dim=1)),
+    ("two_tower", LARGEST["two_tower"]),
+    (
+        "two_tower",
+        TwoTowerArch(embedding_dim=6, tower_mlp=(7,), output_dim=4, temperature=0.5, l2_normalize=True),
+    ),
+    (
+        "two_tower",
+        TwoTowerArch(
+            embedding_dim=4,
+            tower_mlp=(12, 5),
+            output_dim=12,
+            learn_temperature=True,
+            embedding_dims={"tags": 2},
+        ),
+    ),
 ]
 
 
@@ -126,6 +148,25 @@ def test_slices_follow_the_stated_rules() -> None:
     assert sub_din.history_length == 2
     query_key = torch.cat([8 * b + torch.arange(3) for b in range(4)])
     assert torch.equal(sub_din.attention[0].weight, din.model.attention[0].weight[:4, query_key])
+
+
+def test_both_towers_share_alike_and_the_logit_scale_is_the_subnetworks_own() -> None:
+    net = supernet("two_tower")  # learns its temperature
+    with torch.no_grad():
+        net.model.log_temperature.fill_(0.7)  # as if trained
+    large = net.model
+    fixed = net.extract(TwoTowerArch(embedding_dim=3, tower_mlp=(4,), output_dim=5, temperature=0.5))
+    # item tower input: 1 dense value (price), then item_id, category, tags (8 wide, 3 kept each)
+    columns = torch.cat([torch.arange(1), *(1 + 8 * f + torch.arange(3) for f in range(3))])
+    assert torch.equal(fixed.item_tower[0].weight, large.item_tower[0].weight[:4, columns])
+    # the output layer: the first output_dim units, reading the first units of the last hidden layer
+    for tower in ("user_tower", "item_tower"):
+        assert torch.equal(getattr(fixed, tower)[-1].weight, getattr(large, tower)[-1].weight[:5, :4])
+    assert fixed.log_temperature.item() == pytest.approx(np.log(0.5))  # its own, not the supernet's
+    learning = net.extract(
+        TwoTowerArch(embedding_dim=3, tower_mlp=(4,), output_dim=5, learn_temperature=True)
+    )
+    assert learning.log_temperature.item() == pytest.approx(0.7)  # starts from the supernet's
 
 
 def test_a_shorter_history_keeps_the_most_recent_positions() -> None:
@@ -247,6 +288,10 @@ def test_every_listed_subnetwork_is_contained() -> None:
     assert all(nets[family].contains(sub) for family, sub in SUBNETS)
 
 
-def test_a_family_without_a_supernet_is_refused_listing_the_supported_ones() -> None:
-    with pytest.raises(AutocompressError, match=r"'two_tower' has no elastic supernet; supported: \['dlrm'"):
-        Supernet.for_family(SCHEMA, TwoTowerArch())
+def test_every_family_has_a_supernet_and_another_name_is_refused_listing_them() -> None:
+    from autocompress.models import FAMILIES
+    from autocompress.supernet import SUPERNET_FAMILIES, supernet_class
+
+    assert sorted(SUPERNET_FAMILIES) == sorted(FAMILIES) == sorted(LARGEST)
+    with pytest.raises(AutocompressError, match=r"'gbdt' has no elastic supernet; supported: \['dlrm'"):
+        supernet_class("gbdt")
