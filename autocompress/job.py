@@ -11,7 +11,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from autocompress.data.registry import DatasetSpec
 from autocompress.errors import AutocompressError
@@ -61,18 +61,6 @@ class JobSpec(SpecModel):
 
         TrainConfig.from_dict(value)  # refuses unknown fields and bad values, naming them
         return value
-
-    @model_validator(mode="after")
-    def _two_stage_family(self) -> JobSpec:
-        if self.search.strategy == "two_stage":
-            from autocompress.supernet.elastic import SUPERNET_FAMILIES  # imports torch: only here
-
-            if self.family not in SUPERNET_FAMILIES:
-                raise ValueError(
-                    f"search.strategy 'two_stage' needs an elastic supernet of the family; family "
-                    f"{self.family!r} has none (two_stage families: {list(SUPERNET_FAMILIES)})"
-                )
-        return self
 
     def train_config(self) -> Any:
         """The TrainConfig of the reference and the trials."""
