@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from autocompress.errors import AutocompressError
-from autocompress.local_ray import local_ray_env
+from autocompress.local_ray import free_port, local_ray_env
 from autocompress.store import DB_URL_ENV, ConflictError, JobRecord, JobStatus, NotFoundError, Store
 
 logger = logging.getLogger(__name__)
@@ -46,17 +46,6 @@ logger = logging.getLogger(__name__)
 DRIVER_PREFIX = "local"
 RELAUNCH_EVENT = "relaunch"
 DRIVER_LOG = "driver.log"
-REDIS_PORT = 6379
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (never Redis's 6379)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port != REDIS_PORT:
-            return port
 
 
 def _wait_for_port(port: int, seconds: float, process: subprocess.Popen[bytes]) -> None:

@@ -1,8 +1,13 @@
-"""Ray's token auth: off only for a Ray autocompress starts on this machine, and only unless chosen."""
+"""Ray's token auth: off only for a Ray autocompress starts on this machine, and only unless chosen;
+the ports a local Ray is given."""
+
+import socket
+from typing import Any
 
 import pytest
 
-from autocompress.local_ray import AUTH_ENV, local_ray_env
+from autocompress import local_ray
+from autocompress.local_ray import AUTH_ENV, RAY_DEFAULT_PORTS, free_port, local_ray_env
 from serve_app.launcher import _driver_env
 
 
@@ -18,3 +23,16 @@ def test_drivers_joining_a_cluster_keep_its_auth_as_configured(monkeypatch: pyte
     assert AUTH_ENV not in _driver_env("sqlite:///x.db", local=False)  # Ray's secure default applies
     monkeypatch.setenv(AUTH_ENV, "token")
     assert _driver_env(local=False)[AUTH_ENV] == "token"
+
+
+def test_a_free_port_is_never_one_a_ray_component_takes_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GCS given port 52365 failed a cluster's start: the dashboard agent takes it by default."""
+    offered = [6379, 52365, 41234]
+
+    class Kernel(socket.socket):  # hands out the offered ports as if they were the free ones
+        def getsockname(self) -> Any:
+            return ("127.0.0.1", offered.pop(0))
+
+    monkeypatch.setattr(local_ray.socket, "socket", Kernel)
+    assert free_port() == 41234 and not offered
+    assert {6379, 52365, 8265} <= RAY_DEFAULT_PORTS

@@ -18,7 +18,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,14 +26,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from autocompress.local_ray import free_port
+
 LOOPBACK = "127.0.0.1"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-    return port if port != 6379 else _free_port()  # Redis's port here, and Ray's default
 
 
 @contextlib.contextmanager
@@ -76,7 +70,7 @@ def local_cluster(
     }
     cluster = None
     try:
-        head = {"resources": dict(head_resources or {}), "gcs_server_port": _free_port(), **common}
+        head = {"resources": dict(head_resources or {}), "gcs_server_port": free_port(LOOPBACK), **common}
         cluster = Cluster(initialize_head=True, head_node_args=head)
         for _ in range(workers):
             cluster.add_node(**common)
