@@ -104,15 +104,9 @@ def test_batches_propose_every_candidate_and_tell_each_outcome_back() -> None:
 @pytest.fixture(scope="module")
 def explorer_parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A tiny dlrm supernet trained 20 steps, the job's shared resources, and a small search space."""
-    import torch
-
     from autocompress.search.space import SearchSpace
-    from autocompress.supernet import Supernet, arch_sampler, supernet_archs, train_supernet
     from autocompress.testing import tiny_setup
-    from autocompress.testing.fixtures import one_torch_thread
-    from autocompress.train import TrainConfig
 
-    setup = tiny_setup("dlrm")
     space = SearchSpace.from_dict(
         {
             "version": 1,
@@ -130,6 +124,18 @@ def explorer_parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             ],
         }
     )
+    return _parts(tiny_setup("dlrm"), space, tmp_path_factory.mktemp("explore"), epochs=1, max_steps=20)
+
+
+def _parts(setup: Any, space: Any, root: Path, *, epochs: int, max_steps: int) -> dict[str, Any]:
+    """What an Explorer needs: ``space``, its supernet trained on the tiny setup with its teacher (at
+    most ``max_steps``), and the job's shared resources."""
+    import torch
+
+    from autocompress.supernet import Supernet, arch_sampler, supernet_archs, train_supernet
+    from autocompress.testing.fixtures import one_torch_thread
+    from autocompress.train import TrainConfig
+
     largest, smallest = supernet_archs(space)
     with one_torch_thread():
         torch.manual_seed(0)
@@ -140,12 +146,11 @@ def explorer_parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             setup.dataset.valid,
             smallest=smallest,
             sample_arch=arch_sampler(space),
-            config=TrainConfig(epochs=1, batch_size=512, lr=1e-2, early_stopping_patience=None),
+            config=TrainConfig(epochs=epochs, batch_size=512, lr=1e-2, early_stopping_patience=None),
             teacher=setup.trained,
-            max_steps=20,
+            max_steps=max_steps,
         )
-    shared = _shared(setup, tmp_path_factory.mktemp("explore"))
-    return {"space": space, "supernet": supernet.cpu().eval(), "shared": shared}
+    return {"space": space, "supernet": supernet.cpu().eval(), "shared": _shared(setup, root)}
 
 
 def _shared(setup: Any, root: Path) -> Any:
@@ -216,40 +221,24 @@ def test_the_realtime_space_of_each_family_scores_candidates_on_its_supernet(
     """Stage 1 beyond dlrm: the family's shipped ``realtime`` space gives a supernet, and candidates
     drawn from the space are sliced out of it, compressed after training, exported and scored."""
     import numpy as np
-    import torch
 
     from autocompress.engine.explore import Explorer
     from autocompress.search.space import load_search_space
     from autocompress.search.tune_space import to_tune
-    from autocompress.supernet import Supernet, arch_sampler, supernet_archs, train_supernet
     from autocompress.testing import tiny_setup
     from autocompress.testing.fixtures import one_torch_thread
-    from autocompress.train import TrainConfig
 
-    setup = tiny_setup(family)
     space = load_search_space(family, "realtime")
-    largest, smallest = supernet_archs(space)
+    # 3 epochs of the tiny data: after one, a candidate was still at chance
+    explorer = Explorer(
+        **_parts(tiny_setup(family), space, tmp_path, epochs=3, max_steps=60), sample_rows=600
+    )
+    rng, dims = np.random.RandomState(0), to_tune(space)
+    drawn = [
+        {k: v.sample(random_state=rng) if hasattr(v, "sample") else v for k, v in dims.items()}
+        for _ in range(3)
+    ]
     with one_torch_thread():
-        torch.manual_seed(0)
-        supernet = Supernet.for_family(setup.dataset.schema, largest)
-        train_supernet(
-            supernet,
-            setup.dataset.train,
-            setup.dataset.valid,
-            smallest=smallest,
-            sample_arch=arch_sampler(space),
-            config=TrainConfig(epochs=3, batch_size=512, lr=1e-2, early_stopping_patience=None),
-            teacher=setup.trained,
-            max_steps=60,  # 3 epochs of the tiny data: one epoch left a candidate at chance
-        )
-        explorer = Explorer(
-            space=space, supernet=supernet.cpu().eval(), shared=_shared(setup, tmp_path), sample_rows=600
-        )
-        rng, dims = np.random.RandomState(0), to_tune(space)
-        drawn = [
-            {k: v.sample(random_state=rng) if hasattr(v, "sample") else v for k, v in dims.items()}
-            for _ in range(3)
-        ]
         reports = [explorer.evaluate(f"t1-{i:03d}", sampled) for i, sampled in enumerate(drawn)]
     assert len({json.dumps(sampled, sort_keys=True) for sampled in drawn}) == 3
     for report in reports:
