@@ -45,6 +45,24 @@ def test_per_trial_stays_the_default() -> None:
     assert spec.search.two_stage.candidates == 300 and spec.search.two_stage.top_k == 4
 
 
+def test_every_example_job_is_valid_and_the_two_stage_one_has_a_supernet_of_its_space() -> None:
+    import yaml
+
+    from autocompress.job import DEFAULT_JOB_FILE
+    from autocompress.search.space import load_search_space
+    from autocompress.supernet import supernet_archs
+
+    specs = {
+        f.stem: JobSpec.from_dict(yaml.safe_load(f.read_text()))
+        for f in DEFAULT_JOB_FILE.parent.glob("*.yaml")
+    }
+    assert {"default_job", "tiny_job", "two_stage_per_table"} <= set(specs)
+    two_stage = specs["two_stage_per_table"]
+    assert two_stage.search.strategy == "two_stage" and two_stage.preset == "per_table"
+    largest, smallest = supernet_archs(load_search_space(two_stage.family, two_stage.preset))
+    assert largest != smallest
+
+
 @pytest.mark.parametrize(
     ("search", "family", "message"),
     [
