@@ -270,11 +270,10 @@ class Supernet(nn.Module):
 
     def _slice(self, plan: _Plan) -> dict[str, Tensor]:
         state = dict(chain(self.model.named_parameters(), self.model.named_buffers()))
-        device = next(iter(self.model.parameters())).device
-        out: dict[str, Tensor] = {name: tensor.to(device) for name, tensor in plan.own.items()}
+        weight = next(iter(self.model.parameters()))  # where the supernet lives, and its dtype
+        out: dict[str, Tensor] = {name: tensor.to(weight.device) for name, tensor in plan.own.items()}
         for name, (source, axes) in plan.slices.items():
             if source is None:
-                weight = next(iter(self.model.parameters()))
                 dim = self.largest_arch.embedding_dim
                 tensor = torch.eye(dim, dtype=weight.dtype, device=weight.device)
             else:
