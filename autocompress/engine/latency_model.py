@@ -322,7 +322,7 @@ def _low_rank(inv: Inventory, config: Any, counts: TableCounts) -> None:
 
 def _frequency_hashing(inv: Inventory, config: Any, counts: TableCounts) -> None:
     from autocompress.data.schema import FIRST_ID
-    from autocompress.techniques.frequency_hashing import REMAP_BYTES_PER_ROW
+    from autocompress.techniques.frequency_hashing import remap_bytes_per_id
 
     unknown = sorted(set(config.tables) - set(inv.tables))
     if unknown:
@@ -337,7 +337,7 @@ def _frequency_hashing(inv: Inventory, config: Any, counts: TableCounts) -> None
             inv.inexact(f"frequency_hashing: no id counts of table {table.name}")
             frequent = 0
         rows = FIRST_ID + frequent + buckets.get(table.name, config.hash_buckets)
-        if table.vocab * REMAP_BYTES_PER_ROW + rows * table.width * 4 >= table.vocab * table.width * 4:
+        if table.vocab * remap_bytes_per_id(rows) + rows * table.width * 4 >= table.vocab * table.width * 4:
             continue
         table.kind, table.parts = "hashed", [(rows, table.width)]
 

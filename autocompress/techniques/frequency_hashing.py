@@ -4,9 +4,11 @@ Most rows of a large table belong to ids seen a handful of times in training (or
 vectors are barely trained. Ids seen fewer than ``min_count`` times in ``ctx.train`` (counting the
 sparse feature and every sequence that shares its table) share ``hash_buckets`` rows by
 ``id % hash_buckets``; the padding and out-of-vocabulary ids and the frequent ids keep theirs.
-The model gathers through an int32 remap ``[V]`` (4 bytes a row, versus ``4 * dim`` for a row of
-floats) into the smaller table, whose frequent rows are copied from the trained table and whose
-buckets start as the frequency-weighted mean of their rare rows.
+The model gathers through a remap ``[V]`` into the smaller table, whose frequent rows are copied
+from the trained table and whose buckets start as the frequency-weighted mean of their rare rows.
+The remap is int16 when the smaller table has at most 65,536 rows (2 bytes an id, offset by 32,768:
+ONNX has no uint16 in torch's exporter), else int32 (4 bytes), versus ``4 * dim`` for a row of floats;
+on the default data the remaps of ``user_id`` and ``item_id`` weigh 1.2 MB in int32, 0.6 MB in int16.
 """
 
 from __future__ import annotations
@@ -29,7 +31,14 @@ if TYPE_CHECKING:
     from autocompress.data.schema import FeatureSchema
     from autocompress.data.table import Table
 
-REMAP_BYTES_PER_ROW = 4  # int32
+# A remap stores ``row - REMAP_OFFSET`` in int16 when the rows fit in 16 bits, else ``row`` in int32.
+REMAP_OFFSET = 32_768
+NARROW_REMAP_ROWS = 65_536
+
+
+def remap_bytes_per_id(rows: int) -> int:
+    """Bytes the remap spends on each id of a table hashed into ``rows`` rows: 2 (int16) or 4 (int32)."""
+    return 2 if rows <= NARROW_REMAP_ROWS else 4
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,7 +145,7 @@ def apply(model: nn.Module, config: Config, ctx: TechniqueContext) -> nn.Module:
                 counts[name] = id_counts(ctx.train, ctx.schema, name)
             row_of, rows = hashed_rows(counts[name], config.min_count, buckets.get(name, config.hash_buckets))
             dim = table.weight.shape[1]
-            if vocab * REMAP_BYTES_PER_ROW + rows * dim * 4 >= vocab * dim * 4:
+            if vocab * remap_bytes_per_id(rows) + rows * dim * 4 >= vocab * dim * 4:
                 continue  # narrow tables (e.g. DeepFM first-order weights) would grow
             weights = _hashed_weight(table.weight.detach(), row_of, rows, counts[name])
             group.tables[i] = _hashed_embedding_class()(row_of, weights)
@@ -173,24 +182,31 @@ def _hashed_embedding_class() -> type[nn.Module]:
     from autocompress.data.schema import PAD_ID
 
     class HashedEmbedding(nn.Module):
-        """A ``num_embeddings``-row table stored as an int32 remap into fewer rows: ``table[row_of[id]]``.
+        """A ``num_embeddings``-row table stored as a remap into fewer rows: ``table[row_of[id]]``.
 
         Drop-in for ``nn.Embedding`` in FeatureEmbeddings; the padding id maps to row 0, which
-        stays zero. Exports as two ONNX Gathers.
+        stays zero. Exports as two ONNX Gathers (with a Cast and an Add between them when the remap
+        is int16).
         """
 
         row_of: torch.Tensor
 
         def __init__(self, row_of: np.ndarray, weight: torch.Tensor) -> None:
             super().__init__()
-            remap = torch.from_numpy(np.ascontiguousarray(row_of, dtype=np.int32)).to(weight.device)
-            self.register_buffer("row_of", remap)
+            if len(weight) <= NARROW_REMAP_ROWS:
+                stored = (np.asarray(row_of, dtype=np.int32) - REMAP_OFFSET).astype(np.int16)
+            else:
+                stored = np.asarray(row_of, dtype=np.int32)
+            self.register_buffer("row_of", torch.from_numpy(np.ascontiguousarray(stored)).to(weight.device))
             self.table = nn.Embedding.from_pretrained(weight.float(), freeze=False, padding_idx=PAD_ID)
             self.num_embeddings = len(row_of)
             self.embedding_dim = weight.shape[1]
 
         def forward(self, ids: torch.Tensor) -> torch.Tensor:
-            return self.table(self.row_of[ids])
+            rows = self.row_of[ids]
+            if rows.dtype == torch.int16:
+                rows = rows.int() + REMAP_OFFSET
+            return self.table(rows)
 
         def extra_repr(self) -> str:
             return f"{self.num_embeddings}, {self.embedding_dim}"

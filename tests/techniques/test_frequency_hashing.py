@@ -5,7 +5,14 @@ import torch
 from autocompress.errors import AutocompressError
 from autocompress.measure import onnx_size_bytes
 from autocompress.techniques import Policy, apply_policy
-from autocompress.techniques.frequency_hashing import Config, HashedEmbedding, apply, hashed_rows, id_counts
+from autocompress.techniques.frequency_hashing import (
+    Config,
+    HashedEmbedding,
+    apply,
+    hashed_rows,
+    id_counts,
+    remap_bytes_per_id,
+)
 from autocompress.testing import check_keeps_auc, converged_setup, table_zeroed, tiny_setup
 
 # Each hashed lookup adds one Gather on the remap to the graph.
@@ -15,13 +22,13 @@ HASHED = Config(min_count=10, hash_buckets=64, finetune_epochs=1)
 
 
 def _saved_bytes(setup, dim, config):
-    """Bytes saved on the tables above min_vocab: fewer float rows, plus an int32 remap row per id."""
+    """Bytes saved on the tables above min_vocab: fewer float rows, less a remap entry per id."""
     saved = 0
     for feature in setup.dataset.schema.sparse:
         if feature.vocab_size > config.min_vocab:
             counts = id_counts(setup.dataset.train, setup.dataset.schema, feature.name)
             _, rows = hashed_rows(counts, config.min_count, config.hash_buckets)
-            saved += 4 * (feature.vocab_size - rows) * dim - 4 * feature.vocab_size
+            saved += 4 * (feature.vocab_size - rows) * dim - remap_bytes_per_id(rows) * feature.vocab_size
     return saved
 
 
@@ -66,7 +73,18 @@ def test_frequent_ids_keep_their_trained_rows(tmp_path):
         mean = (trained[bucket].double() * weights[:, None]).sum(0) / weights.sum()
         assert torch.allclose(shared[0].double(), mean, atol=1e-6)
     assert table.table.weight.shape == (2 + len(frequent) + 64, 16)
-    assert table.row_of.dtype == torch.int32
+    assert table.row_of.dtype == torch.int16  # a few thousand rows: 2 bytes an id
+
+
+def test_the_remap_is_int16_up_to_65536_rows_and_int32_beyond():
+    rng = np.random.default_rng(0)
+    for rows, dtype in [(65_536, torch.int16), (65_537, torch.int32)]:
+        row_of = np.concatenate([[0, 1, rows - 1, 32_767, 32_768], rng.integers(0, rows, 995)])
+        table = HashedEmbedding(row_of, torch.randn(rows, 4))
+        assert table.row_of.dtype == dtype and remap_bytes_per_id(rows) == dtype.itemsize
+        ids = torch.arange(len(row_of)).reshape(10, 100)
+        with torch.no_grad():
+            assert torch.equal(table(ids), table.table.weight[torch.from_numpy(row_of)[ids]])
 
 
 def test_hashes_big_tables_by_the_expected_bytes(tmp_path):
