@@ -78,6 +78,7 @@ def test_every_example_job_is_valid_and_the_two_stage_one_has_a_supernet_of_its_
             r"search\.two_stage: .*top_k \(5\) must be at most candidates \(3\)",
         ),
         ({"two_stage": {"valid_sample_rows": 10}}, "dlrm", r"search\.two_stage\.valid_sample_rows: .*100"),
+        ({"two_stage": {"latency_margin": 1.0}}, "dlrm", r"search\.two_stage\.latency_margin: .*less than 1"),
         (
             {"two_stage": {"candidate": 3}},
             "dlrm",
@@ -289,22 +290,28 @@ def _record(
     )
 
 
-def test_finalists_are_the_fronts_of_the_feasible_then_the_closest_infeasible() -> None:
+def test_finalists_are_within_latency_and_size_with_a_margin_first_whatever_their_auc_drop() -> None:
     from autocompress.engine.two_stage import select_finalists
+    from autocompress.search.budget import Budget
 
+    # stage 1 judged every one of them on its AUC before fine-tuning: none "feasible"
+    budget = Budget(latency_ms=2.0, size_mb=1.0, max_auc_drop=0.002)
     trials = [
-        _record("a", 0.80, 2.0, 1.0),  # front 1
-        _record("b", 0.78, 1.0, 1.0),  # front 1
-        _record("c", 0.77, 2.0, 1.0),  # dominated by a and b: front 2
-        _record("d", 0.79, 2.0, 1.0, dim="a"),  # the same config as a: never trained twice
-        _record("e", 0.90, 9.0, 1.0, feasible=False, distance=0.8),
-        _record("f", 0.85, 6.0, 1.0, feasible=False, distance=0.2),
-        _record("g", 0.99, 0.1, 0.1, stage=2),  # a stage-2 trial is no stage-1 candidate
-        _record("h", 0.99, 0.1, 0.1, status=TrialStatus.SKIPPED),
+        _record("a", 0.80, 1.0, 1.0, feasible=False),  # within the bounds with 10% to spare: front 1
+        _record("b", 0.78, 0.5, 1.0, feasible=False),  # faster: front 1
+        _record("c", 0.77, 1.0, 1.0, feasible=False),  # dominated by a and b: front 2
+        _record("d", 0.79, 1.0, 1.0, feasible=False, dim="a"),  # the same config as a: never trained twice
+        _record("e", 0.82, 1.9, 1.0, feasible=False),  # within the bounds, less than 10% to spare
+        _record("f", 0.90, 9.0, 1.0, feasible=False),  # over the latency bound by 3.5x its bound
+        _record("g", 0.85, 3.0, 1.0, feasible=False),  # over it by half
+        _record("h", 0.99, 0.1, 0.1, stage=2),  # a stage-2 trial is no stage-1 candidate
+        _record("i", 0.99, 0.1, 0.1, status=TrialStatus.SKIPPED),
     ]
-    assert [t.trial_key for t in select_finalists(trials, 2)] == ["a", "b"]
-    assert [t.trial_key for t in select_finalists(trials, 4)] == ["a", "b", "c", "f"]
-    assert [t.trial_key for t in select_finalists(trials, 10)] == ["a", "b", "c", "f", "e"]
+    assert [t.trial_key for t in select_finalists(trials, 2, budget, 0.1)] == ["a", "b"]
+    assert [t.trial_key for t in select_finalists(trials, 4, budget, 0.1)] == ["a", "b", "c", "e"]
+    assert [t.trial_key for t in select_finalists(trials, 10, budget, 0.1)] == ["a", "b", "c", "e", "g", "f"]
+    # without a margin the best AUC within the bounds comes first, at the bound or not
+    assert [t.trial_key for t in select_finalists(trials, 3, budget)] == ["e", "a", "b"]
 
 
 def test_the_winner_is_chosen_from_stage_2_only() -> None:
