@@ -372,7 +372,7 @@ def select_finalists(
     """The ``top_k`` stage-1 candidates stage 2 trains, best first, one per distinct config.
 
     Stage 1 measures latency and size as stage 2 will, but its AUC comes before any fine-tuning
-    (stage 2 recovered 0.001-0.0016 of it on the default data), so only the ranking uses the AUC,
+    (stage 2 recovered 0.0009-0.0016 of it on the default data), so only the ranking uses the AUC,
     not ``max_auc_drop``. First the candidates within the latency bound with ``latency_margin`` of
     it to spare and within the size bound (a p99 read again at the bound moves by ~10%), then those
     within the bounds, each group as successive Pareto fronts (valid AUC, latency, size; best AUC

@@ -193,7 +193,7 @@ def _hashed_embedding_class() -> type[nn.Module]:
 
         def __init__(self, row_of: np.ndarray, weight: torch.Tensor) -> None:
             super().__init__()
-            if len(weight) <= NARROW_REMAP_ROWS:
+            if remap_bytes_per_id(len(weight)) == 2:
                 stored = (np.asarray(row_of, dtype=np.int32) - REMAP_OFFSET).astype(np.int16)
             else:
                 stored = np.asarray(row_of, dtype=np.int32)
