@@ -15,7 +15,7 @@ from autocompress.techniques.frequency_hashing import (
 )
 from autocompress.testing import check_keeps_auc, converged_setup, table_zeroed, tiny_setup
 
-# Each hashed lookup adds one Gather on the remap to the graph.
+# Each hashed lookup adds a Gather on the remap to the graph (and a Cast and an Add for an int16 one).
 GRAPH_OVERHEAD_BYTES = 2_000
 # ids seen fewer than 10 times share 64 rows, then one epoch of the production fine-tuning
 HASHED = Config(min_count=10, hash_buckets=64, finetune_epochs=1)
