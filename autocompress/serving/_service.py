@@ -21,7 +21,7 @@ import numpy as np
 
 from autocompress.errors import AutocompressError
 from autocompress.serving._aliases import AliasTable
-from autocompress.serving._batcher import BatchPolicy, ModelBatcher
+from autocompress.serving._batcher import BatchPolicy, ModelBatcher, Take
 from autocompress.serving._oip import infer_columns, infer_response, model_metadata
 from autocompress.serving._payload import MAX_ROWS, Features, PayloadError, probabilities, top_k
 from autocompress.serving._runner import ModelRunner
@@ -183,16 +183,16 @@ class PredictionService:
         """
         rows = len(next(iter(features.values()))) if features else 0
         if not self.batching.enabled or rows >= self.batching.max_batch_size:
-            return await self._run(runner, features)
+            return await self._run(runner, lambda: features)
         batcher = self._batchers.get(runner)
         if batcher is None:
             model = weakref.ref(runner)  # the batcher must not keep a model the replica has closed
 
-            async def run(joined: Features) -> np.ndarray:
+            async def run(take: Take) -> np.ndarray:
                 live = model()
                 if live is None:  # pragma: no cover - a waiting request holds the runner
                     raise AutocompressError("model closed while its requests waited")
-                return await self._run(live, joined)
+                return await self._run(live, take)
 
             batcher = ModelBatcher(
                 run,
@@ -202,16 +202,21 @@ class PredictionService:
             self._batchers[runner] = batcher
         return await batcher.logits(features)
 
-    async def _run(self, runner: ModelRunner, features: Features) -> np.ndarray:
+    async def _run(self, runner: ModelRunner, take: Take) -> np.ndarray:
+        """The session on ``take()``, called when the run starts: on the event loop if nothing else
+        is in the service, else on the session thread (where a batch takes its rows when its turn
+        comes)."""
+
+        def run() -> np.ndarray:
+            return runner.logits(take())
+
         if self._active <= 1 and self._on_thread == 0:
             await asyncio.sleep(0)  # requests that arrived with this one reach the service first
             if self._active <= 1 and self._on_thread == 0:  # still alone: nothing to overlap with
-                return runner.logits(features)
+                return run()
         self._on_thread += 1
         try:
-            result: np.ndarray = await asyncio.get_running_loop().run_in_executor(
-                self._executor, runner.logits, features
-            )
+            result: np.ndarray = await asyncio.get_running_loop().run_in_executor(self._executor, run)
         finally:
             self._on_thread -= 1
         return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -11,7 +12,10 @@ from autocompress.serving import BatchPolicy, ModelBatcher
 
 
 class Model:
-    """Stands in for a session run: logit of a row = its ``x``; records each run's row count."""
+    """Stands in for a session on one thread: runs wait their turn, then take their inputs.
+
+    Logit of a row = its ``x``; records each run's row count and how many runs were out at once.
+    """
 
     def __init__(self, seconds: float = 0.01, fail: bool = False) -> None:
         self.seconds = seconds
@@ -19,13 +23,18 @@ class Model:
         self.calls: list[int] = []
         self.out = 0
         self.most_out = 0
+        self.thread = asyncio.Lock()
 
-    async def __call__(self, features: dict[str, np.ndarray]) -> np.ndarray:
-        self.calls.append(len(features["x"]))
+    async def __call__(self, take: Callable[[], dict[str, np.ndarray]]) -> np.ndarray:
         self.out += 1
         self.most_out = max(self.most_out, self.out)
-        await asyncio.sleep(self.seconds)
-        self.out -= 1
+        try:
+            async with self.thread:
+                features = take()
+                self.calls.append(len(features["x"]))
+                await asyncio.sleep(self.seconds)
+        finally:
+            self.out -= 1
         if self.fail:
             raise RuntimeError("the session said no")
         return features["x"].astype(np.float32) * 2
@@ -61,12 +70,36 @@ def test_requests_that_queue_go_as_one_call_and_get_their_own_rows(in_flight: in
     for i, (n, got) in enumerate(zip(sizes, answers, strict=True)):
         np.testing.assert_array_equal(got, (np.arange(n) + 100 * i) * 2)
     assert sum(model.calls) == sum(sizes)
-    # the first `in_flight` went straight out, one a call; the rest queued meanwhile and went
-    # 8 requests a call, `in_flight` calls out at a time
-    rest = sizes[in_flight:]
-    assert model.calls == sizes[:in_flight] + [sum(rest[i : i + 8]) for i in range(0, len(rest), 8)]
-    assert batcher.runs == in_flight + 3
+    # the first went straight out alone; the rest queued meanwhile and went 8 requests a call
+    rest = sizes[1:]
+    assert model.calls == sizes[:1] + [sum(rest[i : i + 8]) for i in range(0, len(rest), 8)]
+    assert batcher.runs == 1 + 3
     assert model.most_out == in_flight
+
+
+def test_a_run_takes_its_rows_when_the_thread_is_free_for_it() -> None:
+    """Two runs out: the second waits for the session thread, then takes what queued meanwhile.
+
+    Taken when sent, the requests that arrived during the first batched run would have gone as
+    two runs (those already queued when the second run was sent, then the late ones).
+    """
+    model = Model(seconds=0.1)
+    batcher = ModelBatcher(model, max_batch_size=32, max_in_flight=2)
+
+    async def run() -> None:
+        async def at(delay: float, i: int) -> np.ndarray:
+            await asyncio.sleep(delay)
+            return await batcher.logits(_request(i, 1))
+
+        # 0 alone; 1-3 while it runs (one run); 4-6 while that one runs, 7-9 a little later,
+        # both groups before the thread is free: one run for the six
+        delays = [0.0, 0.02, 0.02, 0.02, 0.13, 0.13, 0.13, 0.16, 0.16, 0.16]
+        answers = await asyncio.gather(*(at(d, i) for i, d in enumerate(delays)))
+        for i, got in enumerate(answers):
+            np.testing.assert_array_equal(got, [200.0 * i])
+
+    asyncio.run(run())
+    assert model.calls == [1, 3, 6]
 
 
 def test_the_wait_timeout_fills_a_batch() -> None:

@@ -170,26 +170,29 @@ def test_the_alias_refresh_keeps_the_last_table_while_the_store_is_away() -> Non
 def test_a_request_alone_runs_on_the_event_loop_and_company_goes_to_the_session_thread(
     registry: Registry, local: LocalPredictor
 ) -> None:
-    from concurrent.futures import ThreadPoolExecutor
+    import threading
 
     record = registry.register("dlrm")
-    handed: list[int] = []
-
-    class Counting(ThreadPoolExecutor):
-        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-            handed.append(len(next(iter(args[0].values()))) if args and isinstance(args[0], dict) else 0)
-            return super().submit(fn, *args, **kwargs)
-
-    service = PredictionService(local.open, batching=BatchPolicy(max_batch_size=8), executor=Counting(1))
+    handed: list[int] = []  # rows of each run on the session thread (not the event loop's)
+    service = PredictionService(local.open, batching=BatchPolicy(max_batch_size=8))
     one = {"rows": _rows(registry, registry.schema.example_batch(1, seed=1))}
     big = {"rows": _rows(registry, registry.schema.example_batch(40, seed=2))}
 
     async def run() -> None:
         runner = await service.runner(record.id)
+        logits, loop_thread = runner.logits, threading.current_thread()
+
+        def counted(features: dict[str, Any]) -> Any:
+            if threading.current_thread() is not loop_thread:
+                handed.append(len(next(iter(features.values()))))
+            return logits(features)
+
+        runner.logits = counted  # type: ignore[method-assign]
         await service.predict(runner, one)
         assert handed == []  # alone: no hand-off to the thread
         await asyncio.gather(*(service.predict(runner, one) for _ in range(6)), service.predict(runner, big))
-        assert handed and 40 in handed  # in company: the thread; 40 rows >= 8 went as a batch of its own
+        assert 40 in handed  # in company: the thread; 40 rows >= 8 went as a batch of its own
+        assert sum(handed) == 46
 
     try:
         asyncio.run(run())
