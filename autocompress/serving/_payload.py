@@ -143,6 +143,10 @@ class RequestEncoder:
             )
         self._specs = specs
         self._names = schema.feature_names
+        # single-id features given as integer ids: a short request's are checked in one pass
+        self._plain_ids = [
+            (n, sp.vocab_size) for n, sp in specs.items() if sp.kind == "id" and sp.vocabulary is None
+        ]
 
     @property
     def feature_names(self) -> list[str]:
@@ -289,9 +293,13 @@ class RequestEncoder:
 
     def encode_columns(self, columns: Columns) -> Features:
         """Model inputs from ``Columns``: every value checked against its feature's rule, named on refusal."""
+        done = self._plain_ids_at_once(columns) if columns.n_rows <= _SHORT else {}
         out: Features = {}
         where = columns.where
         for name, column in columns.values.items():
+            if name in done:
+                out[name] = done[name]
+                continue
             spec = self._specs[name]
 
             def label(i: int, name: str = name) -> str:
@@ -304,6 +312,17 @@ class RequestEncoder:
             else:
                 out[name] = _id_lists(spec, column, label)
         return out
+
+    def _plain_ids_at_once(self, columns: Columns) -> Features:
+        """The integer-id features of a short request as one array (a row each), or nothing when a
+        value is not an int: those are then checked feature by feature, and refused by name."""
+        values = columns.values
+        given = [(name, size) for name, size in self._plain_ids if name in values]
+        if len(given) < 2 or set(map(type, (v for name, _ in given for v in values[name]))) != _INTS:
+            return {}
+        ids = [v if 0 <= v < size else OOV_ID for name, size in given for v in values[name]]
+        table = np.array(ids, dtype=np.int64).reshape(len(given), columns.n_rows)
+        return {name: table[i] for i, (name, _) in enumerate(given)}
 
     # -- internals ----------------------------------------------------------------------------------
 
@@ -389,6 +408,10 @@ def _single_ids(spec: _FeatureSpec, column: Sequence[Any], label: Callable[[int]
 
 def _id_lists(spec: _FeatureSpec, column: Sequence[Any], label: Callable[[int], str]) -> np.ndarray:
     """Multi-hot lists (first ``max_len`` kept, left-aligned) or sequences (last ones, right-aligned)."""
+    if spec.vocabulary is None and len(column) <= _SHORT:
+        matrix = _short_int_lists(spec, column)
+        if matrix is not None:
+            return matrix
     width = spec.max_len
     rows: list[int] = []
     slots: list[int] = []
@@ -417,6 +440,21 @@ def _id_lists(spec: _FeatureSpec, column: Sequence[Any], label: Callable[[int], 
         else:
             ids = _ids_in_vocabulary(values, spec.vocab_size)
         matrix[np.asarray(rows), np.asarray(slots)] = ids
+    return matrix
+
+
+def _short_int_lists(spec: _FeatureSpec, column: Sequence[Any]) -> np.ndarray | None:
+    """``_id_lists`` of a short request's lists of integer ids, row by row; None when a value is not a
+    list of ints (the caller then checks every value and refuses the first bad one by name)."""
+    width, size = spec.max_len, spec.vocab_size
+    matrix = np.full((len(column), width), PAD_ID, dtype=np.int64)
+    for i, v in enumerate(column):
+        if type(v) is not list or (v and not set(map(type, v)) <= _INTS):
+            return None
+        kept = v[:width] if spec.kind == "multi_hot" else v[-width:]
+        if kept:
+            start = 0 if spec.kind == "multi_hot" else width - len(kept)
+            matrix[i, start : start + len(kept)] = [x if 0 <= x < size else OOV_ID for x in kept]
     return matrix
 
 

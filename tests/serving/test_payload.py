@@ -80,6 +80,35 @@ def test_long_sequences_keep_the_most_recent_values() -> None:
     assert encoded["tags"].tolist() == [[PAD_ID] * 3]
 
 
+def test_short_requests_encode_as_long_ones_do() -> None:
+    """Up to 64 rows the integer ids go through a one-pass path; beyond, feature by feature: same arrays."""
+    schema = _multi_hot_schema()
+    rng = np.random.default_rng(0)
+    odd = [-1, 10, 20, 2**64, 2**70]  # outside the user (10) and item (20) tables
+
+    def row(i: int) -> dict[str, Any]:
+        history = rng.integers(0, 25, size=int(rng.integers(0, 7))).tolist()
+        return {
+            "price": float(i),
+            "user": int(rng.integers(0, 10)) if i % 3 else odd[i % len(odd)],
+            "item": int(rng.integers(0, 20)) if i % 4 else odd[(i + 1) % len(odd)],
+            "tags": rng.integers(0, 9, size=int(rng.integers(0, 5))).tolist()
+            + ([2**70] if i % 5 == 0 else []),
+            "history": history,
+        }
+
+    rows = [row(i) for i in range(100)]
+    encoder = RequestEncoder(schema)
+    long = encoder.encode(rows)  # > 64 rows: feature by feature
+    for start in (0, 40):
+        short = encoder.encode(rows[start : start + 50])
+        for name in schema.feature_names:
+            assert short[name].dtype == long[name].dtype
+            np.testing.assert_array_equal(short[name], long[name][start : start + 50])
+    assert (long["user"] == OOV_ID).any() and (long["item"] == OOV_ID).any()
+    assert (long["tags"] == OOV_ID).any() and (long["history"] == OOV_ID).any()
+
+
 @pytest.mark.parametrize(
     ("change", "field", "words"),
     [
