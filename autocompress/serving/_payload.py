@@ -461,11 +461,8 @@ def _short_int_lists(spec: _FeatureSpec, column: Sequence[Any]) -> np.ndarray | 
 def probabilities(logits: np.ndarray) -> np.ndarray:
     """Click probabilities (float64) of logits: the sigmoid, without overflow for large |logit|."""
     x = np.asarray(logits, dtype=np.float64)
-    out = np.empty_like(x)
-    positive = x >= 0
-    out[positive] = 1.0 / (1.0 + np.exp(-x[positive]))
-    e = np.exp(x[~positive])
-    out[~positive] = e / (1.0 + e)
+    e = np.exp(-np.abs(x))  # <= 1: 1 / (1 + e) above zero, e / (1 + e) below
+    out: np.ndarray = np.where(x >= 0, 1.0, e) / (1.0 + e)
     return out
 
 

@@ -46,6 +46,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from autocompress.errors import AutocompressError
@@ -324,7 +325,24 @@ async def _local_serving(app: FastAPI) -> AsyncIterator[None]:
 Control = Annotated[ControlState, Depends(control_state)]
 RequestId = Annotated[str, Depends(bind_request_id)]
 
-prediction_router = APIRouter(tags=["predictions"])
+
+class PredictionRoute(APIRoute):
+    """A prediction route as FastAPI documents it (path, body, responses), run without FastAPI's
+    per-request work: the endpoint gets the request and its path parameters as text, and reads and
+    checks the body itself (``_body``, then the service). That work (dependency solving, parameter
+    validation) took ~0.17 ms a request here, as long as the reference model's run."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        endpoint = self.endpoint
+
+        async def handle(request: Request) -> Response:
+            response: Response = await endpoint(request=request, **request.path_params)
+            return response
+
+        return handle
+
+
+prediction_router = APIRouter(tags=["predictions"], route_class=PredictionRoute)
 control_router = APIRouter(tags=["serving"])
 
 

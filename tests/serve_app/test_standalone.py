@@ -90,3 +90,24 @@ def test_routes_run_models_in_process_and_log_the_request_id(tmp_path: Path) -> 
     assert any(
         "predict model=" in r.getMessage() and "refused: rows[0].user_id" in r.getMessage() for r in refused
     )
+
+
+def test_prediction_routes_are_documented_and_check_their_path_parameters_themselves(tmp_path: Path) -> None:
+    """The prediction routes skip FastAPI's per-request parameter handling (``PredictionRoute``): the
+    document still shows their parameters and bodies, and the service refuses a bad one by name."""
+    db_url = f"sqlite:///{tmp_path / 'api.db'}"
+    with Store(db_url) as store:
+        two_tower = Registry(store, tmp_path / "runs").register("two_tower")
+    app = api_app(ServeSettings(db_url=db_url, artifact_root=str(tmp_path / "runs"), max_running_jobs=0))
+    with TestClient(app) as client:
+        paths = client.get("/openapi.json").json()["paths"]
+        embeddings = paths["/v1/models/{model_id}/embeddings/{side}"]["post"]
+        parameters = {p["name"]: p for p in embeddings["parameters"]}
+        assert parameters["model_id"]["in"] == "path"
+        assert parameters["side"]["schema"]["enum"] == ["user", "item"]
+        assert "rows" in embeddings["requestBody"]["content"]["application/json"]["schema"]["properties"]
+        assert "candidates" in str(paths["/v1/endpoints/{alias}/rank"]["post"]["requestBody"])
+
+        shop = client.post(f"/v1/models/{two_tower.id}/embeddings/shop", json={"rows": [{}]})
+        assert shop.status_code == 422
+        assert shop.json()["detail"].startswith("side: 'shop' is not one of ['user', 'item']")
