@@ -4,7 +4,8 @@ A ``ModelServer`` replica answers the prediction routes itself (``serve_app.api.
 ``prediction_app``): one Serve hop from the HTTP proxy, none on its own port with direct ingress.
 It opens registered models by id on first use (``serve.multiplexed``: at most
 ``max_models_per_replica``, the least recently used closed first; Serve routes ``load`` calls and
-requests that carry the ``serve_multiplexed_model_id`` header to the replicas holding the model),
+requests that carry the ``serve_multiplexed_model_id`` header to the replicas holding the model;
+a request asks it at most every ``RUNNER_REUSE_S`` per model, ``reuse_opened``),
 runs each on a thread of its own with its model's target, and runs a model's concurrent requests
 as one batch (``ModelBatcher``; batching on or off, the batch size and the wait are the
 deployment's ``user_config``: a ``serve deploy`` that changes only them reconfigures the running
@@ -43,6 +44,7 @@ from autocompress.serving import (
     PredictionService,
     keep_aliases_fresh,
     read_aliases,
+    reuse_opened,
 )
 from autocompress.store import Store
 from serve_app.api.inference import ALIAS_REFRESH_S, prediction_app
@@ -98,7 +100,8 @@ class ModelServer:
             logger.info("opened model %s (%s)", model_id, runner.describe())
             return runner
 
-        runners = serve.multiplexed(max_num_models_per_replica=max_models_per_replica)(open_model)
+        multiplexed = serve.multiplexed(max_num_models_per_replica=max_models_per_replica)(open_model)
+        runners = reuse_opened(multiplexed)
         try:
             aliases = read_aliases(self._store)
         except Exception as exc:  # the database away at start: the refresh fills the table later

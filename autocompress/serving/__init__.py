@@ -35,7 +35,7 @@ from autocompress.serving._registration import (
     register_trial,
 )
 from autocompress.serving._runner import ModelRunner
-from autocompress.serving._service import PredictionService, RunnerSource
+from autocompress.serving._service import PredictionService, RunnerSource, reuse_opened
 from autocompress.serving._two_tower import SIDES, Side, TowerTensors, extract_towers, find_towers
 
 __all__ = [
@@ -75,6 +75,7 @@ __all__ = [
     "read_aliases",
     "register_trial",
     "resolve_artifact",
+    "reuse_opened",
     "split_rows",
     "top_k",
 ]

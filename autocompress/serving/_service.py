@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -32,6 +33,32 @@ logger = logging.getLogger("autocompress.serving")
 
 RunnerSource = Callable[[str], Awaitable[ModelRunner]]
 """Opens a registered model by id (or returns it open): ``serve.multiplexed`` in a Serve replica."""
+
+RUNNER_REUSE_S = 0.1
+
+
+def reuse_opened(source: RunnerSource, within_s: float = RUNNER_REUSE_S) -> RunnerSource:
+    """``source``, asked at most once every ``within_s`` for a model: in between, the runner it gave last.
+
+    ``serve.multiplexed`` counts every lookup in a Ray metric: ~6% of a replica's event loop under
+    load (py-spy). Still asked every ``within_s``, it keeps its least-recently-used order. A runner
+    it has closed since is held here only weakly: it answers at most that window's requests, while
+    something else still holds it.
+    """
+    recent: dict[str, tuple[weakref.ref[ModelRunner], float]] = {}
+
+    async def runner(model_id: str) -> ModelRunner:
+        now = time.monotonic()
+        given = recent.get(model_id)
+        if given is not None and now - given[1] < within_s:
+            found = given[0]()
+            if found is not None:
+                return found
+        opened = await source(model_id)
+        recent[model_id] = (weakref.ref(opened), now)
+        return opened
+
+    return runner
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from autocompress.serving import (
     ModelRunner,
     PredictionService,
     keep_aliases_fresh,
+    reuse_opened,
 )
 from autocompress.spec import Target
 from autocompress.store import NotFoundError
@@ -198,3 +199,32 @@ def test_a_request_alone_runs_on_the_event_loop_and_company_goes_to_the_session_
         asyncio.run(run())
     finally:
         service.close()
+
+
+def test_an_opened_model_is_reused_for_a_window_and_never_kept_alive(
+    registry: Registry, local: LocalPredictor
+) -> None:
+    import gc
+
+    first, second = registry.register("dlrm"), registry.register("dlrm", seed=1)
+    asked: list[str] = []
+
+    async def source(model_id: str) -> ModelRunner:
+        asked.append(model_id)
+        return await local.open(model_id)
+
+    async def run() -> None:
+        runners = reuse_opened(source, within_s=0.2)
+        opened = [await runners(first.id) for _ in range(50)] + [await runners(second.id)]
+        assert asked == [first.id, second.id]  # once per model within the window
+        assert all(r is opened[0] for r in opened[:50]) and opened[50].model.id == second.id
+        await asyncio.sleep(0.25)
+        assert (await runners(first.id)) is opened[0] and asked[-1] == first.id  # asked again after it
+
+        local.close()  # the source closes its models (an LRU eviction): the window holds them weakly
+        del opened
+        gc.collect()
+        assert (await runners(first.id)).model.id == first.id and asked[-1] == first.id  # reopened
+        assert len(asked) == 4
+
+    asyncio.run(run())
