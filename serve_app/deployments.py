@@ -30,10 +30,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import HTTPException
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle
+from starlette.applications import Starlette
 
 from autocompress.errors import AutocompressError
 from autocompress.serving import (
@@ -132,7 +133,7 @@ class ModelServer:
                 f"artifact root {str(self._artifact_root)!r} is not readable from this replica"
             )
 
-    def __serve_build_asgi_app__(self) -> FastAPI:
+    def __serve_build_asgi_app__(self) -> Starlette:
         store, service = self._store, self._service
 
         async def refresh_aliases() -> None:

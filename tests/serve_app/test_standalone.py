@@ -9,9 +9,11 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from autocompress.export import create_session, feed
+from autocompress.serving import LocalPredictor, ModelCatalog, PredictionService
 from autocompress.spec import Target
 from autocompress.store import Store
-from serve_app.api.inference import RequestIdFilter
+from serve_app.api.inference import RequestIdFilter, prediction_app
+from serve_app.api.settings import Settings
 from serve_app.serve import ServeSettings, api_app
 from tests.serving.conftest import Registry
 
@@ -111,3 +113,44 @@ def test_prediction_routes_are_documented_and_check_their_path_parameters_themse
         shop = client.post(f"/v1/models/{two_tower.id}/embeddings/shop", json={"rows": [{}]})
         assert shop.status_code == 422
         assert shop.json()["detail"].startswith("side: 'shop' is not one of ['user', 'item']")
+
+
+def test_the_serving_app_answers_refuses_and_documents_its_routes(tmp_path: Path) -> None:
+    """``prediction_app`` (a ModelServer replica's app, Starlette under the routes) as a client sees it."""
+    db_url = f"sqlite:///{tmp_path / 'api.db'}"
+    store = Store(db_url)
+    registry = Registry(store, tmp_path / "runs")
+    model = registry.register("dlrm")
+    batch = registry.schema.example_batch(2, seed=3)
+    rows = [{n: batch[n][i].tolist() for n in registry.schema.feature_names} for i in range(2)]
+    local = LocalPredictor(ModelCatalog(store, tmp_path / "runs"))
+    app = prediction_app(PredictionService(local.open), Settings(db_url=db_url, api_token="s3cret"))
+    try:
+        with TestClient(app, headers={"Authorization": "Bearer s3cret"}) as client:
+            ok = client.post(f"/v1/models/{model.id}/predict", json={"rows": rows})
+            assert ok.status_code == 200, ok.text
+            session = create_session(model.path, Target())
+            expected = np.asarray(session.run(None, feed(session, batch))[0]).reshape(-1)
+            np.testing.assert_allclose(ok.json()["logits"], expected, atol=1e-6)
+
+            rows[1]["user_id"] = "seven"
+            bad = client.post(f"/v1/models/{model.id}/predict", json={"rows": rows})
+            assert bad.status_code == 422 and bad.json()["detail"].startswith("rows[1].user_id")
+            assert client.post("/v1/models/nope/predict", json={"rows": rows}).status_code == 404
+            assert client.post("/v1/endpoints/shop/predict", json={"rows": rows}).status_code == 404
+            assert client.get("/v2/health/live").json() == {"live": True}
+            wrong = {"Authorization": "Bearer nope"}
+            guarded = client.post(f"/v1/models/{model.id}/predict", json={"rows": rows}, headers=wrong)
+            assert guarded.status_code == 401  # the guard runs before the routes
+
+            paths = client.get("/openapi.json").json()["paths"]
+            assert {
+                "/v1/models/{model_id}/predict",
+                "/v1/endpoints/{alias}/rank",
+                "/v2/models/{model_name}/infer",
+            } <= set(paths)
+            assert "404" in paths["/v1/models/{model_id}/predict"]["post"]["responses"]
+            assert "/openapi.json" in client.get("/docs").text
+    finally:
+        local.close()
+        store.close()
