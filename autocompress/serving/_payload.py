@@ -147,6 +147,8 @@ class RequestEncoder:
         self._plain_ids = [
             (n, sp.vocab_size) for n, sp in specs.items() if sp.kind == "id" and sp.vocabulary is None
         ]
+        # dense features taken as given (no scaler): likewise, one array for all of them
+        self._plain_dense = [n for n, sp in specs.items() if sp.kind == "dense" and sp.scaler is None]
 
     @property
     def feature_names(self) -> list[str]:
@@ -293,7 +295,9 @@ class RequestEncoder:
 
     def encode_columns(self, columns: Columns) -> Features:
         """Model inputs from ``Columns``: every value checked against its feature's rule, named on refusal."""
-        done = self._plain_ids_at_once(columns) if columns.n_rows <= _SHORT else {}
+        done = {}
+        if columns.n_rows <= _SHORT:
+            done = {**self._plain_ids_at_once(columns), **self._plain_dense_at_once(columns)}
         out: Features = {}
         where = columns.where
         for name, column in columns.values.items():
@@ -323,6 +327,23 @@ class RequestEncoder:
         ids = [v if 0 <= v < size else OOV_ID for name, size in given for v in values[name]]
         table = np.array(ids, dtype=np.int64).reshape(len(given), columns.n_rows)
         return {name: table[i] for i, (name, _) in enumerate(given)}
+
+    def _plain_dense_at_once(self, columns: Columns) -> Features:
+        """The unscaled dense features of a short request as one array (a row each), or nothing when
+        a value is not a finite float32 number: those are then checked feature by feature."""
+        values = columns.values
+        given = [name for name in self._plain_dense if name in values]
+        numbers = [v for name in given for v in values[name]]
+        if len(given) < 2 or not set(map(type, numbers)) <= _NUMBERS:
+            return {}
+        try:
+            table = np.array(numbers, dtype=np.float64)
+        except OverflowError:  # an integer beyond float64: refused feature by feature
+            return {}
+        if not (np.abs(table) <= _FLOAT32_MAX).all():  # NaN and inf fail too
+            return {}
+        out = table.astype(np.float32).reshape(len(given), columns.n_rows)
+        return {name: out[i] for i, name in enumerate(given)}
 
     # -- internals ----------------------------------------------------------------------------------
 

@@ -81,8 +81,12 @@ def test_long_sequences_keep_the_most_recent_values() -> None:
 
 
 def test_short_requests_encode_as_long_ones_do() -> None:
-    """Up to 64 rows the integer ids go through a one-pass path; beyond, feature by feature: same arrays."""
-    schema = _multi_hot_schema()
+    """Up to 64 rows the integer ids and the dense values go through one-pass paths; beyond, feature
+    by feature: same arrays."""
+    base = _multi_hot_schema()
+    schema = FeatureSchema(
+        dense=(*base.dense, DenseFeature("weight", side="item")), sparse=base.sparse, sequence=base.sequence
+    )
     rng = np.random.default_rng(0)
     odd = [-1, 10, 20, 2**64, 2**70]  # outside the user (10) and item (20) tables
 
@@ -90,6 +94,7 @@ def test_short_requests_encode_as_long_ones_do() -> None:
         history = rng.integers(0, 25, size=int(rng.integers(0, 7))).tolist()
         return {
             "price": float(i),
+            "weight": [3, -0.25, 2**60, 1e-30][i % 4],  # ints, tiny and huge values: all float32
             "user": int(rng.integers(0, 10)) if i % 3 else odd[i % len(odd)],
             "item": int(rng.integers(0, 20)) if i % 4 else odd[(i + 1) % len(odd)],
             "tags": rng.integers(0, 9, size=int(rng.integers(0, 5))).tolist()
@@ -105,6 +110,7 @@ def test_short_requests_encode_as_long_ones_do() -> None:
         for name in schema.feature_names:
             assert short[name].dtype == long[name].dtype
             np.testing.assert_array_equal(short[name], long[name][start : start + 50])
+    assert long["weight"].dtype == np.float32 and long["weight"][2] == np.float32(2**60)
     assert (long["user"] == OOV_ID).any() and (long["item"] == OOV_ID).any()
     assert (long["tags"] == OOV_ID).any() and (long["history"] == OOV_ID).any()
 
