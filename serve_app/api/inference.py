@@ -582,8 +582,9 @@ def prediction_app(
     documented.include_router(prediction_router, responses=error_responses(*COMMON_ERRORS, 404, 409))
     document = documented.openapi()
 
-    async def openapi(_request: Request) -> JSONResponse:
-        return JSONResponse(document)
+    async def openapi(request: Request) -> JSONResponse:
+        root = request.scope.get("root_path", "")  # behind a route prefix: what "try it" calls
+        return JSONResponse({**document, "servers": [{"url": root}]} if root else document)
 
     async def docs(request: Request) -> Response:
         root = request.scope.get("root_path", "")

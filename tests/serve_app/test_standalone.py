@@ -151,6 +151,9 @@ def test_the_serving_app_answers_refuses_and_documents_its_routes(tmp_path: Path
             } <= set(paths)
             assert "404" in paths["/v1/models/{model_id}/predict"]["post"]["responses"]
             assert "/openapi.json" in client.get("/docs").text
+        with TestClient(app, root_path="/serving") as prefixed:  # the serving application's route prefix
+            assert prefixed.get("/openapi.json").json()["servers"] == [{"url": "/serving"}]
+            assert "/serving/openapi.json" in prefixed.get("/docs").text
     finally:
         local.close()
         store.close()
