@@ -336,13 +336,10 @@ class RequestEncoder:
         numbers = [v for name in given for v in values[name]]
         if len(given) < 2 or not set(map(type, numbers)) <= _NUMBERS:
             return {}
-        try:
-            table = np.array(numbers, dtype=np.float64)
-        except OverflowError:  # an integer beyond float64: refused feature by feature
+        table, bad = _finite_float32(numbers)
+        if bad is not None:  # refused feature by feature, by name
             return {}
-        if not (np.abs(table) <= _FLOAT32_MAX).all():  # NaN and inf fail too
-            return {}
-        out = table.astype(np.float32).reshape(len(given), columns.n_rows)
+        out = table.reshape(len(given), columns.n_rows)
         return {name: out[i] for i, name in enumerate(given)}
 
     # -- internals ----------------------------------------------------------------------------------
@@ -396,15 +393,23 @@ def _dense(spec: _FeatureSpec, column: Sequence[Any], label: Callable[[int], str
     if spec.scaler is not None:
         raw = np.array([np.nan if v is None else v for v in column], dtype=np.float64)
         return spec.scaler.transform(raw)
+    values, bad = _finite_float32(column)
+    if bad is not None:
+        raise PayloadError(
+            label(bad), f"dense feature must be a finite float32 number, got {_show(column[bad])}"
+        )
+    return values
+
+
+def _finite_float32(numbers: Sequence[float]) -> tuple[np.ndarray, int | None]:
+    """``numbers`` (ints and floats) as float32, and the index of the first that is not a finite
+    float32 number (None when all are)."""
     try:
-        values = np.array(column, dtype=np.float64)
+        values = np.array(numbers, dtype=np.float64)
     except OverflowError:  # an integer beyond float64
-        values = np.array([v if abs(v) <= _FLOAT32_MAX else np.inf for v in column], dtype=np.float64)
+        values = np.array([v if abs(v) <= _FLOAT32_MAX else np.inf for v in numbers], dtype=np.float64)
     bad = np.flatnonzero(~(np.abs(values) <= _FLOAT32_MAX))  # NaN and inf fail too
-    if bad.size:
-        i = int(bad[0])
-        raise PayloadError(label(i), f"dense feature must be a finite float32 number, got {_show(column[i])}")
-    return values.astype(np.float32)
+    return values.astype(np.float32), int(bad[0]) if bad.size else None
 
 
 def _check_id(spec: _FeatureSpec, value: object, where: str) -> None:
