@@ -50,6 +50,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -191,6 +192,115 @@ def in_process(
     return result
 
 
+class HttpConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection that sends a request and reads its answer, one at a time.
+
+    The load client is on the same two cores as the replicas it measures, so it must cost little:
+    aiohttp spent 0.34-0.61 ms of CPU a request (the last file's ``cpu_ms_per_request_c1.client``),
+    CPU the replica under test did not get; this reads the status line and ``content-length`` and
+    nothing else (an answer without ``content-length`` is refused, not guessed at).
+    """
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._answer: asyncio.Future[tuple[int, bytes]] | None = None
+
+    @property
+    def open(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._fail(ConnectionError(f"connection closed: {exc or 'by the server'}"))
+
+    async def send(self, request: bytes, timeout_s: float) -> tuple[int, bytes]:
+        """The status and body of the answer to ``request`` (a whole HTTP/1.1 request)."""
+        assert self._transport is not None and self._answer is None, "one request at a time"
+        answer = self._answer = asyncio.get_running_loop().create_future()
+        self._transport.write(request)
+        timer = asyncio.get_running_loop().call_later(timeout_s, self._expire)
+        try:
+            return await answer
+        finally:
+            timer.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        end = self._buffer.find(b"\r\n\r\n")
+        if end < 0 or self._answer is None:
+            return
+        head = bytes(self._buffer[:end]).lower()
+        at = head.find(b"\r\ncontent-length:")
+        if at < 0:
+            self._fail(ConnectionError(f"an answer without content-length: {head[:200]!r}"))
+            return
+        stop = head.find(b"\r\n", at + 2)
+        total = end + 4 + int(head[at + 17 : stop if stop > 0 else len(head)])
+        if len(self._buffer) < total:
+            return
+        body = bytes(self._buffer[end + 4 : total])
+        del self._buffer[:total]
+        answer, self._answer = self._answer, None
+        if b"\r\nconnection: close" in head:
+            self._close()
+        if not answer.done():
+            answer.set_result((int(head[9:12]), body))
+
+    def close(self) -> None:
+        self._fail(ConnectionError("closed by the client"))
+
+    def _expire(self) -> None:
+        self._fail(TimeoutError("no answer in time"))
+
+    def _fail(self, exc: Exception) -> None:
+        answer, self._answer = self._answer, None
+        self._close()  # a late or broken answer must not be read as the next request's
+        if answer is not None and not answer.done():
+            answer.set_exception(exc)
+
+    def _close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        self._buffer.clear()
+
+
+class HttpClient:
+    """POSTs JSON bodies to one URL on one keep-alive connection, opened again after a failure."""
+
+    def __init__(self, url: str, timeout_s: float = 30.0) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"url: only http://host:port/path is supported, got {url!r}")
+        self._host, self._port = parts.hostname, parts.port or 80
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        self._head = (
+            f"POST {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            "Content-Type: application/json\r\nContent-Length: "
+        ).encode()
+        self._timeout_s = timeout_s
+        self._connection: HttpConnection | None = None
+
+    async def post(self, body: bytes) -> tuple[int, bytes]:
+        """The status and body of the answer; ``OSError`` (``ConnectionError``) or ``TimeoutError``."""
+        if self._connection is None or not self._connection.open:
+            _, self._connection = await asyncio.get_running_loop().create_connection(
+                HttpConnection, self._host, self._port
+            )
+        request = b"%s%d\r\n\r\n%s" % (self._head, len(body), body)
+        return await self._connection.send(request, self._timeout_s)
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
 async def http_load(
     url: str,
     bodies: list[bytes],
@@ -202,60 +312,56 @@ async def http_load(
     at: list[tuple[float, Callable[[], Any]]] | None = None,
     observe: bool = False,
 ) -> LoadResult:
-    """POST ``bodies`` round-robin from ``concurrency`` clients until either bound is reached.
+    """POST ``bodies`` round-robin from ``concurrency`` clients, a connection each, until either bound.
 
-    With ``retries`` a failed request (connection error or 5xx) is tried again after each of
-    ``CLIENT_RETRY_DELAYS_S``; each ``(seconds, fn)`` of ``at`` is called once that far into the
-    run (in a thread); ``observe`` records which model answered each request.
+    With ``retries`` a failed request (not answered 200: a connection error, a timeout, a 5xx) is
+    tried again after each of ``CLIENT_RETRY_DELAYS_S``; each ``(seconds, fn)`` of ``at`` is called
+    once that far into the run (in a thread); ``observe`` records which model answered each request.
     """
-    import aiohttp
-
     result = LoadResult()
     issued = 0
-    headers = {"content-type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    timeout = aiohttp.ClientTimeout(total=30)
     started = time.perf_counter()
     deadline = started + max_s
 
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async def once(client: HttpClient, body: bytes) -> bool:
+        try:
+            status, content = await client.post(body)
+        except (OSError, TimeoutError):
+            return False
+        if status == 200 and observe:
+            result.models_seen.append((time.perf_counter(), json.loads(content)["model_id"]))
+        return status == 200
 
-        async def once(body: bytes) -> bool:
-            try:
-                async with session.post(url, data=body, headers=headers) as response:
-                    content = await response.read()
-                    if response.status == 200 and observe:
-                        result.models_seen.append((time.perf_counter(), json.loads(content)["model_id"]))
-                    return response.status == 200
-            except (TimeoutError, aiohttp.ClientError):
-                return False
-
-        async def worker() -> None:
-            nonlocal issued
+    async def worker() -> None:
+        nonlocal issued
+        client = HttpClient(url)
+        try:
             while issued < max_requests and time.perf_counter() < deadline:
                 body = bodies[issued % len(bodies)]
                 issued += 1
                 t0 = time.perf_counter()
-                ok = await once(body)
+                ok = await once(client, body)
                 for delay in CLIENT_RETRY_DELAYS_S if retries else ():
                     if ok:
                         break
                     result.retried += 1
                     await asyncio.sleep(delay)
-                    ok = await once(body)
+                    ok = await once(client, body)
                 if ok:
                     result.succeeded += 1
                     result.latencies_ms.append((time.perf_counter() - t0) * 1e3)
                 else:
                     result.failed += 1
+        finally:
+            client.close()
 
-        async def trigger(seconds: float, fn: Callable[[], Any]) -> None:
-            await asyncio.sleep(seconds)
-            await asyncio.to_thread(fn)
+    async def trigger(seconds: float, fn: Callable[[], Any]) -> None:
+        await asyncio.sleep(seconds)
+        await asyncio.to_thread(fn)
 
-        tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
-        tasks += [asyncio.create_task(trigger(s, fn)) for s, fn in at or ()]
-        await asyncio.gather(*tasks)
+    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    tasks += [asyncio.create_task(trigger(s, fn)) for s, fn in at or ()]
+    await asyncio.gather(*tasks)
     result.seconds = time.perf_counter() - started
     return result
 

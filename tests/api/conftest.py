@@ -32,27 +32,34 @@ class RunningApi:
 
 
 @contextlib.contextmanager
-def running_api(settings: Settings) -> Iterator[RunningApi]:
-    """Serve ``create_app(settings)`` with uvicorn until the block ends (startup and shutdown included)."""
+def serving(app: Any) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on a free loopback port until the block ends; its base URL."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
     while not server.started:
-        assert thread.is_alive(), "the API did not start (see the log above)"
-        assert time.monotonic() < deadline, "the API did not start within 60 s"
+        assert thread.is_alive(), "the app did not start (see the log above)"
+        assert time.monotonic() < deadline, "the app did not start within 60 s"
         time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
     try:
-        with httpx.Client(base_url=url, timeout=30) as http, Store(settings.db_url) as store:
-            yield RunningApi(url, settings, http, store)
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(120)
-        assert not thread.is_alive(), "the API did not shut down within 120 s"
+        assert not thread.is_alive(), "the app did not shut down within 120 s"
+
+
+@contextlib.contextmanager
+def running_api(settings: Settings) -> Iterator[RunningApi]:
+    """Serve ``create_app(settings)`` with uvicorn until the block ends (startup and shutdown included)."""
+    with (
+        serving(create_app(settings)) as url,
+        httpx.Client(base_url=url, timeout=30) as http,
+        Store(settings.db_url) as store,
+    ):
+        yield RunningApi(url, settings, http, store)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
