@@ -196,9 +196,10 @@ class HttpConnection(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection that sends a request and reads its answer, one at a time.
 
     The load client is on the same two cores as the replicas it measures, so it must cost little:
-    aiohttp spent 0.34-0.61 ms of CPU a request (the last file's ``cpu_ms_per_request_c1.client``),
-    CPU the replica under test did not get; this reads the status line and ``content-length`` and
-    nothing else (an answer without ``content-length`` is refused, not guessed at).
+    at 32 clients aiohttp spent 0.29-0.34 ms of CPU a request, this 0.13 (by-hand A/B on the
+    batched ``wide_mlp``, 2026-12-07), CPU the replicas under test get back. It reads the status
+    line and ``content-length`` and nothing else (an answer without ``content-length`` is refused,
+    not guessed at).
     """
 
     def __init__(self) -> None:
