@@ -27,6 +27,7 @@ def test_drivers_joining_a_cluster_keep_its_auth_as_configured(monkeypatch: pyte
 
 def test_a_free_port_is_never_one_a_ray_component_takes_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """A GCS given port 52365 failed a cluster's start: the dashboard agent takes it by default."""
+    monkeypatch.setattr(local_ray, "_ephemeral_ports", lambda: (1024, 65535))  # no room: the kernel picks
     offered = [6379, 52365, 41234]
 
     class Kernel(socket.socket):  # hands out the offered ports as if they were the free ones
@@ -36,3 +37,29 @@ def test_a_free_port_is_never_one_a_ray_component_takes_by_default(monkeypatch: 
     monkeypatch.setattr(local_ray.socket, "socket", Kernel)
     assert free_port() == 41234 and not offered
     assert {6379, 52365, 8265} <= RAY_DEFAULT_PORTS
+
+
+def test_a_free_port_is_none_the_kernel_or_ray_numbers_itself_nor_one_handed_out_before() -> None:
+    """A Serve proxy once failed to bind its free port: a starting Ray had bound it to 0 meanwhile."""
+    ephemeral_low, _ = local_ray._ephemeral_ports()
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    assert all(20000 <= port < ephemeral_low for port in ports), sorted(ports)[:3] + sorted(ports)[-3:]
+    assert not set(ports) & RAY_DEFAULT_PORTS
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports[-1]))  # still free
+
+
+def test_a_taken_port_is_passed_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        offered = [taken.getsockname()[1], 8000]
+        spare = free_port()
+
+        class Offer:
+            def randrange(self, low: int, high: int) -> int:
+                return offered.pop(0) if offered else spare
+
+        monkeypatch.setattr(local_ray, "_HANDED_OUT", set())
+        monkeypatch.setattr(local_ray, "_RANDOM", Offer())
+        assert free_port() == spare and not offered
