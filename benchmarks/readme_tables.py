@@ -103,13 +103,15 @@ def search_budget(result: dict[str, Any]) -> str:
     ratio = two_stage["candidates_per_hour"] / max(per_trial["candidates_per_hour"], 1e-9)
     tau, detail = result["kendall_tau"], result["kendall_tau_detail"]
     supernet_s = two_stage["supernet_seconds"]
+    model_budget = "; ".join(result["budget"]["text"].values())
     return (
         _table(head, rows)
         + f"\nBudget {result['minutes']:g} min each. Two-stage: supernet {supernet_s:.0f} s"
         f" + stage 1 {two_stage['stage1_seconds']:.0f} s + stage 2 {two_stage['stage2_seconds']:.0f} s"
         f" ({'within' if two_stage['within_budget'] else 'over'} the budget), {ratio:.1f}x the per-trial"
         f" candidates per hour. Kendall tau between stage-1 and fine-tuned valid AUC: {_num(tau, '.3f')}"
-        f" over {detail['candidates']} candidates ({detail['source']}).\n"
+        f" over {detail['candidates']} candidates ({detail['source']})."
+        f" Model budget, as the finished candidates were judged: {model_budget}.\n"
     )
 
 

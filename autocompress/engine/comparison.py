@@ -13,12 +13,19 @@ __all__ = ["baseline_figures", "compare_on_test", "remeasure_latency"]
 
 
 def baseline_figures(
-    baselines: Mapping[str, Path], dataset: Dataset, target: Target, budget: Any, cache_dir: Path
+    baselines: Mapping[str, Path],
+    dataset: Dataset,
+    target: Target,
+    budget: Any,
+    cache_dir: Path,
+    *,
+    refresh: bool = False,
 ) -> dict[str, Any]:
     """Each baseline's latency at the budget's batch size and percentile on ``target``, and its size.
 
     What a relative budget is resolved against (``Budget.resolve``). The figures go to the same
-    latency cache as every other measurement, so the test comparison reports the same ones.
+    latency cache as every other measurement, so the test comparison reports the same ones;
+    ``refresh`` measures again over a cached figure.
     """
     from autocompress.measure import onnx_size_bytes
     from autocompress.measure.placement import measure_on_target
@@ -26,7 +33,7 @@ def baseline_figures(
 
     figures = {}
     for name, path in baselines.items():
-        latency = measure_on_target(path, dataset.schema, target, cache_dir=cache_dir).report
+        latency = measure_on_target(path, dataset.schema, target, cache_dir=cache_dir, refresh=refresh).report
         figures[name] = BaselineFigures(
             latency_ms=latency.at(budget.batch_size, budget.percentile),
             size_mb=onnx_size_bytes(path) / 1e6,

@@ -66,10 +66,20 @@ def test_an_impossible_budget_ends_with_no_feasible_model(ray_2_cpus, tmp_path):
     int8_ms = budget["baselines"]["ort_dynamic_int8"]["latency_ms"]
     assert int8_ms > 0 and budget["resolved"]["latency_ms"] == pytest.approx(int8_ms / 1000)
     assert budget["resolved"]["latency"] is None
+    # resolved again at the end on int8 measured again beside the candidates; the start's kept
+    start = budget["at_start"]
+    start_ms = start["baselines"]["ort_dynamic_int8"]["latency_ms"]
+    assert start_ms > 0 and start["resolved"]["latency_ms"] == pytest.approx(start_ms / 1000)
+    assert int8_ms != start_ms  # a second measurement, not the cached figure
     text = budget["text"]["latency"]
     assert text.startswith("latency p99 at batch 256 >= 1000x faster than ort_dynamic_int8 (<= ")
+    assert text.endswith(f"ms; {start_ms / 1000:.3g} ms at the job's start)")
     assert ("budget", f"budget: {text}") in events and html.escape(f"Budget: {text}") in page
-    # the closest candidates are still reported, judged against the resolved figure
+    assert next(m for k, m in events if k == "budget") != f"budget: {text}"  # the start's, said then
+    # the closest candidates are still reported, judged against the figure resolved at the end
     trials = store.list_trials(result.job_id)
     assert all(not t.metrics["feasible"] and t.metrics["distance_to_feasible"] > 0 for t in trials)
+    for t in trials:
+        distance = t.metrics["latency_ms"] / budget["resolved"]["latency_ms"] - 1
+        assert t.metrics["distance_to_feasible"] == pytest.approx(distance)
     assert any("latency p99 at batch 256" in v for t in trials for v in t.metrics["violations"])
