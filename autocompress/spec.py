@@ -197,8 +197,8 @@ class TwoStageSettings(SpecModel):
     distilled from the reference). Stage 1 scores ``candidates`` candidates, ``candidates_per_trial``
     per Tune trial, on the supernet's inherited weights with the post-training part of their policy,
     valid AUC on the first ``valid_sample_rows`` validation rows. Stage 2 trains the ``top_k`` best
-    of stage 1's Pareto front from their inherited weights for ``finetune_epochs`` (at a tenth of
-    the learning rate) with their whole policy, as a per-trial search trains a candidate; the
+    of stage 1's Pareto front from their inherited weights for ``finetune_epochs`` (at the job's
+    learning rate) with their whole policy, as a per-trial search trains a candidate; the
     winner comes from stage 2 only. Stage 2 takes first the candidates whose stage-1 latency is
     ``latency_margin`` (a fraction) under the latency bound: a p99 at the bound, read again, moved
     by about 10% on the default job.
