@@ -19,8 +19,8 @@ stage 1 (the successive Pareto fronts of its candidates within the latency and s
 with ``latency_margin`` to spare first, then the rest closest to the bounds; the AUC drop is not
 judged before fine-tuning) go through the per-trial pipeline (``trial.run_trial``) starting from their
 inherited weights: ``finetune_epochs`` of training or distillation at the job's learning rate
-(``FINETUNE_LR_SCALE``), the whole policy, export, real latency, the budget. Recorded with ``stage: 2``; the
-job picks its winner from them only (``search.pareto.finished_candidates``).
+(``FINETUNE_LR_SCALE``), the whole policy, export, real latency, the budget. Recorded with
+``stage: 2``; the job picks its winner from them only (``search.pareto.finished_candidates``).
 """
 
 from __future__ import annotations
